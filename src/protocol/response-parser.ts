@@ -1,0 +1,434 @@
+/**
+ * Streaming parser for what memcached answers.
+ *
+ * Contract: the owner calls `expect()` once per request it sends, in send
+ * order, saying what shape of reply it waits for; the parser then calls
+ * `onReply` once per expectation, in the same order. Bytes that cannot be the
+ * awaited reply (a stray reply, a malformed line, an oversized value) end the
+ * stream with `onDesync`: after that nothing on the connection can be matched
+ * to a request, and the owner must drop it. Values stay views into the
+ * received chunks unless they span chunks.
+ */
+
+import { parseU32, parseU64 } from './numbers.js';
+
+/** One line: storage, delete, touch, incr/decr, version, meta (VA carries a data block), ... */
+export const EXPECT_LINE = 0;
+/** VALUE blocks ended by END (get, gets, gat, gats). */
+export const EXPECT_VALUES = 1;
+/** Lines ended by END (stats and its sub-commands, lru_crawler metadump). */
+export const EXPECT_LINES = 2;
+/** A quiet meta command: its reply may be absent, which the next MN reveals (MN is not consumed). */
+export const EXPECT_QUIET = 3;
+export type Expectation =
+  | typeof EXPECT_LINE
+  | typeof EXPECT_VALUES
+  | typeof EXPECT_LINES
+  | typeof EXPECT_QUIET;
+
+/** A VALUE block of a get reply. */
+export class Value {
+  constructor(
+    /** Header line, data block and its \r\n, as received. */
+    readonly raw: Buffer,
+    readonly key: Buffer,
+    readonly flags: number,
+    /** Offset of the data block in `raw`. */
+    readonly dataOffset: number,
+    readonly bytes: number,
+    /** The cas unique of a gets/gats reply. */
+    readonly cas: bigint | undefined,
+  ) {}
+
+  get data(): Buffer {
+    return this.raw.subarray(this.dataOffset, this.dataOffset + this.bytes);
+  }
+}
+
+export class Reply {
+  /** The first line without its \r\n; for a values reply, the END or error line. */
+  line: Buffer;
+  /** The whole reply as received, for a single-line or VA reply; empty for values/lines replies. */
+  raw: Buffer;
+  /** VALUE blocks of a get reply, in order. */
+  values: Value[] | null;
+  /** Lines of a stats-like reply (without END). */
+  lines: Buffer[] | null;
+  /** Offset and length of a VA data block in `raw`. */
+  dataOffset: number;
+  bytes: number;
+  /** The reply of a quiet meta command that had none. */
+  absent: boolean;
+
+  constructor(line: Buffer, raw: Buffer) {
+    this.line = line;
+    this.raw = raw;
+    this.values = null;
+    this.lines = null;
+    this.dataOffset = 0;
+    this.bytes = -1;
+    this.absent = false;
+  }
+
+  get data(): Buffer {
+    return this.bytes < 0 ? EMPTY : this.raw.subarray(this.dataOffset, this.dataOffset + this.bytes);
+  }
+
+  /** ERROR, CLIENT_ERROR ... or SERVER_ERROR ... */
+  get isError(): boolean {
+    return isErrorLine(this.line);
+  }
+
+  /** The first line as text (for logs and tests). */
+  get text(): string {
+    return this.line.toString('latin1');
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+export function isErrorLine(line: Buffer): boolean {
+  const c = line[0];
+  if (c === 0x45 /* E */) return startsWith(line, 'ERROR');
+  if (c === 0x43 /* C */) return startsWith(line, 'CLIENT_ERROR');
+  if (c === 0x53 /* S */) return startsWith(line, 'SERVER_ERROR');
+  return false;
+}
+
+function startsWith(buf: Buffer, lit: string): boolean {
+  if (buf.length < lit.length) return false;
+  for (let i = 0; i < lit.length; i++) if (buf[i] !== lit.charCodeAt(i)) return false;
+  return true;
+}
+
+function equals(buf: Buffer, lit: string): boolean {
+  return buf.length === lit.length && startsWith(buf, lit);
+}
+
+export interface ReplySink {
+  onReply(reply: Reply): void;
+  onDesync(reason: string): void;
+}
+
+export interface ResponseParserOptions {
+  /** Longest reply line accepted. */
+  maxLine?: number;
+  /** Largest value accepted in a VALUE or VA block. */
+  maxValue?: number;
+}
+
+const ST_LINE = 0;
+const ST_DATA = 1;
+const ST_DEAD = 2;
+
+const DATA_VALUE = 0;
+const DATA_VA = 1;
+
+export class ResponseParser {
+  private readonly sink: ReplySink;
+  private readonly maxLine: number;
+  private readonly maxValue: number;
+
+  // Ring buffer of expectations.
+  private queue: Uint8Array = new Uint8Array(64);
+  private head = 0;
+  private size = 0;
+
+  private state: number = ST_LINE;
+  private parts: Buffer[] = [];
+  private partsLength = 0;
+  private need = 0;
+  private dataKind = DATA_VALUE;
+  /** The reply being assembled (values/lines replies span several lines). */
+  private current: Reply | null = null;
+  // The pending VALUE header while its data block is read.
+  private vKey: Buffer = EMPTY;
+  private vFlags = 0;
+  private vCas: bigint | undefined = undefined;
+  private vBytes = 0;
+
+  constructor(sink: ReplySink, options: ResponseParserOptions = {}) {
+    this.sink = sink;
+    this.maxLine = options.maxLine ?? 8192;
+    this.maxValue = options.maxValue ?? 128 * 1024 * 1024;
+  }
+
+  /** Replies still awaited. */
+  get pending(): number {
+    return this.size;
+  }
+
+  get dead(): boolean {
+    return this.state === ST_DEAD;
+  }
+
+  expect(kind: Expectation): void {
+    if (this.size === this.queue.length) {
+      const q = new Uint8Array(this.queue.length * 2);
+      for (let i = 0; i < this.size; i++) q[i] = this.queue[(this.head + i) % this.queue.length]!;
+      this.queue = q;
+      this.head = 0;
+    }
+    this.queue[(this.head + this.size) % this.queue.length] = kind;
+    this.size++;
+  }
+
+  private peek(): number {
+    return this.size === 0 ? -1 : this.queue[this.head]!;
+  }
+
+  private complete(reply: Reply): void {
+    this.head = (this.head + 1) % this.queue.length;
+    this.size--;
+    this.current = null;
+    this.sink.onReply(reply);
+  }
+
+  private desync(reason: string): void {
+    this.state = ST_DEAD;
+    this.parts = [];
+    this.partsLength = 0;
+    this.current = null;
+    this.sink.onDesync(reason);
+  }
+
+  push(chunk: Buffer): void {
+    let pos = 0;
+    const len = chunk.length;
+    while (pos < len) {
+      if (this.state === ST_LINE) {
+        const nl = chunk.indexOf(0x0a, pos);
+        if (nl < 0) {
+          this.stash(chunk.subarray(pos));
+          if (this.partsLength > this.maxLine) this.desync('reply line too long');
+          return;
+        }
+        let line: Buffer;
+        let lineStart = -1; // position of the line in this chunk, when it is a view
+        if (this.partsLength === 0) {
+          line = chunk.subarray(pos, nl + 1);
+          lineStart = pos;
+        } else {
+          this.stash(chunk.subarray(pos, nl + 1));
+          line = this.take();
+        }
+        pos = nl + 1;
+        if (line.length < 2 || line[line.length - 2] !== 0x0d) {
+          this.desync('reply line not ended by \\r\\n');
+          return;
+        }
+        if (line.length - 2 > this.maxLine) {
+          this.desync('reply line too long');
+          return;
+        }
+        this.onLine(line);
+        if ((this.state as number) === ST_DATA) {
+          // Read the data block straight from this chunk when it is all here.
+          const avail = len - pos;
+          if (avail >= this.need) {
+            const raw =
+              lineStart >= 0
+                ? chunk.subarray(lineStart, pos + this.need)
+                : Buffer.concat([line, chunk.subarray(pos, pos + this.need)]);
+            pos += this.need;
+            this.onData(raw, line.length);
+          } else {
+            this.stash(lineStart >= 0 ? chunk.subarray(lineStart) : line);
+            if (lineStart < 0) this.stash(chunk.subarray(pos));
+            this.need -= avail;
+            this.headerLength = line.length;
+            return;
+          }
+        } else if ((this.state as number) === ST_DEAD) {
+          return;
+        }
+      } else if (this.state === ST_DATA) {
+        const avail = len - pos;
+        if (avail >= this.need) {
+          this.stash(chunk.subarray(pos, pos + this.need));
+          pos += this.need;
+          this.onData(this.take(), this.headerLength);
+        } else {
+          this.stash(chunk.subarray(pos));
+          this.need -= avail;
+          return;
+        }
+      } else {
+        return;
+      }
+    }
+  }
+
+  private headerLength = 0;
+
+  private stash(b: Buffer): void {
+    if (b.length === 0) return;
+    this.parts.push(b);
+    this.partsLength += b.length;
+  }
+
+  private take(): Buffer {
+    const out =
+      this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts, this.partsLength);
+    this.parts = [];
+    this.partsLength = 0;
+    return out;
+  }
+
+  /** `line` includes its \r\n. */
+  private onLine(line: Buffer): void {
+    const text = line.subarray(0, line.length - 2);
+    let expect = this.peek();
+    // A quiet command whose reply was suppressed: the MN belongs to the next expectation.
+    while (expect === EXPECT_QUIET && equals(text, 'MN')) {
+      const r = new Reply(EMPTY, EMPTY);
+      r.absent = true;
+      this.complete(r);
+      expect = this.peek();
+    }
+    if (expect < 0) {
+      this.desync(`unexpected reply: ${text.toString('latin1', 0, 60)}`);
+      return;
+    }
+    switch (expect) {
+      case EXPECT_LINE:
+      case EXPECT_QUIET:
+        return this.onSingle(text, line);
+      case EXPECT_VALUES:
+        return this.onValuesLine(text);
+      default:
+        return this.onLinesLine(text, line);
+    }
+  }
+
+  private onSingle(text: Buffer, line: Buffer): void {
+    if (startsWith(text, 'VA ')) {
+      const bytes = parseLength(text, 3);
+      if (bytes < 0 || bytes > this.maxValue) {
+        this.desync('bad VA line');
+        return;
+      }
+      this.current = new Reply(text, line);
+      this.startData(DATA_VA, bytes);
+      return;
+    }
+    if (startsWith(text, 'VALUE ') || equals(text, 'END') || startsWith(text, 'STAT ')) {
+      this.desync(`unexpected reply: ${text.toString('latin1', 0, 60)}`);
+      return;
+    }
+    this.complete(new Reply(text, line));
+  }
+
+  private onValuesLine(text: Buffer): void {
+    if (startsWith(text, 'VALUE ')) {
+      if (!this.parseValueHeader(text)) {
+        this.desync('bad VALUE line');
+        return;
+      }
+      if (this.current === null) {
+        this.current = new Reply(EMPTY, EMPTY);
+        this.current.values = [];
+      }
+      this.startData(DATA_VALUE, this.vBytes);
+      return;
+    }
+    if (equals(text, 'END') || (this.current === null && isErrorLine(text))) {
+      const r = this.current ?? new Reply(EMPTY, EMPTY);
+      r.line = text;
+      r.values ??= [];
+      this.complete(r);
+      return;
+    }
+    this.desync(`unexpected line in get reply: ${text.toString('latin1', 0, 60)}`);
+  }
+
+  private onLinesLine(text: Buffer, line: Buffer): void {
+    if (equals(text, 'END') || (this.current === null && isErrorLine(text))) {
+      const r = this.current ?? new Reply(EMPTY, EMPTY);
+      r.line = text;
+      r.lines ??= [];
+      this.complete(r);
+      return;
+    }
+    if (this.current === null) {
+      // Single-line answers to stats sub-commands (RESET, OK) and to admin commands.
+      if (
+        !startsWith(text, 'STAT ') &&
+        !startsWith(text, 'ITEM ') &&
+        !startsWith(text, 'PREFIX ') &&
+        !text.includes(0x3d) // lru_crawler metadump lines are key=value pairs
+      ) {
+        this.complete(new Reply(text, line));
+        return;
+      }
+      this.current = new Reply(EMPTY, EMPTY);
+      this.current.lines = [];
+    }
+    this.current.lines!.push(text);
+  }
+
+  private parseValueHeader(text: Buffer): boolean {
+    // VALUE <key> <flags> <bytes> [<cas>]
+    const k0 = 6;
+    const k1 = text.indexOf(0x20, k0);
+    if (k1 <= k0) return false;
+    const f1 = text.indexOf(0x20, k1 + 1);
+    if (f1 < 0) return false;
+    let b1 = text.indexOf(0x20, f1 + 1);
+    const hasCas = b1 >= 0;
+    if (!hasCas) b1 = text.length;
+    const flags = parseU32(text, k1 + 1, f1);
+    const bytes = parseLength(text.subarray(0, b1), f1 + 1);
+    if (flags === undefined || bytes < 0 || bytes > this.maxValue) return false;
+    let cas: bigint | undefined;
+    if (hasCas) {
+      cas = parseU64(text, b1 + 1, text.length);
+      if (cas === undefined) return false;
+    }
+    this.vKey = text.subarray(k0, k1);
+    this.vFlags = flags;
+    this.vBytes = bytes;
+    this.vCas = cas;
+    return true;
+  }
+
+  private startData(kind: number, bytes: number): void {
+    this.state = ST_DATA;
+    this.dataKind = kind;
+    this.need = bytes + 2;
+  }
+
+  /** `raw` is the header line plus data block plus \r\n. */
+  private onData(raw: Buffer, headerLength: number): void {
+    this.state = ST_LINE;
+    if (raw[raw.length - 2] !== 0x0d || raw[raw.length - 1] !== 0x0a) {
+      this.desync('data block not ended by \\r\\n');
+      return;
+    }
+    const bytes = raw.length - headerLength - 2;
+    if (this.dataKind === DATA_VA) {
+      const r = this.current!;
+      r.raw = raw;
+      r.line = raw.subarray(0, headerLength - 2);
+      r.dataOffset = headerLength;
+      r.bytes = bytes;
+      this.complete(r);
+      return;
+    }
+    // The key view was taken from the header line; re-take it from raw in case raw is a copy.
+    const key = raw.subarray(6, 6 + this.vKey.length);
+    this.current!.values!.push(new Value(raw, key, this.vFlags, headerLength, bytes, this.vCas));
+  }
+}
+
+/** A plain decimal length starting at `from` and running to the end or a space; -1 if malformed. */
+function parseLength(text: Buffer, from: number): number {
+  let n = 0;
+  let i = from;
+  for (; i < text.length && text[i] !== 0x20; i++) {
+    const d = text[i]! - 0x30;
+    if (d < 0 || d > 9 || i - from > 10) return -1;
+    n = n * 10 + d;
+  }
+  return i === from ? -1 : n;
+}

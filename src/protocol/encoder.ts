@@ -97,7 +97,13 @@ export function encodeMetaSet(
 ): Buffer {
   const k = metaKey(key);
   const head = ` ${data.length}${k.binary ? ' b' : ''} F${flags} T${ttl}${extra}\r\n`;
-  return Buffer.concat([Buffer.from('ms ', 'latin1'), k.token, Buffer.from(head, 'latin1'), data, CRLF]);
+  return Buffer.concat([
+    Buffer.from('ms ', 'latin1'),
+    k.token,
+    Buffer.from(head, 'latin1'),
+    data,
+    CRLF,
+  ]);
 }
 
 /** `<cmd> <key> [b] <flags...>` for mg/md/ma built by the proxy. */

@@ -34,7 +34,6 @@ function scan(buf: Buffer, start: number, end: number): Scan | undefined {
     i++;
   }
   const digitsStart = i;
-  let magnitude = 0n;
   let small = 0;
   while (i < end && buf[i]! >= 0x30 && buf[i]! <= 0x39) {
     // Accumulate in a double while exact, switch to bigint only for long runs.
@@ -42,11 +41,8 @@ function scan(buf: Buffer, start: number, end: number): Scan | undefined {
     i++;
   }
   if (i === digitsStart) return undefined; // strto* saw no number: endptr == str
-  if (i - digitsStart <= 15) {
-    magnitude = BigInt(small);
-  } else {
-    magnitude = BigInt(buf.toString('latin1', digitsStart, i));
-  }
+  const magnitude =
+    i - digitsStart <= 15 ? BigInt(small) : BigInt(buf.toString('latin1', digitsStart, i));
   // safe_strto*: the character after the number must be white space or the token end.
   if (i < end && !isCSpace(buf[i]!)) return undefined;
   return { negative, magnitude, end: i };

@@ -425,7 +425,8 @@ export class RequestParser {
       return;
     }
     const flags = parseU32(line, this.starts[2]!, this.ends[2]!);
-    const exptime = flags === undefined ? undefined : parseI32(line, this.starts[3]!, this.ends[3]!);
+    const exptime =
+      flags === undefined ? undefined : parseI32(line, this.starts[3]!, this.ends[3]!);
     const vlen = exptime === undefined ? undefined : parseI32(line, this.starts[4]!, this.ends[4]!);
     if (vlen === undefined) {
       this.fail(ERR.format, noreply);

@@ -21,10 +21,7 @@ export const EXPECT_LINES = 2;
 /** A quiet meta command: its reply may be absent, which the next MN reveals (MN is not consumed). */
 export const EXPECT_QUIET = 3;
 export type Expectation =
-  | typeof EXPECT_LINE
-  | typeof EXPECT_VALUES
-  | typeof EXPECT_LINES
-  | typeof EXPECT_QUIET;
+  typeof EXPECT_LINE | typeof EXPECT_VALUES | typeof EXPECT_LINES | typeof EXPECT_QUIET;
 
 /** A VALUE block of a get reply. */
 export class Value {
@@ -71,7 +68,9 @@ export class Reply {
   }
 
   get data(): Buffer {
-    return this.bytes < 0 ? EMPTY : this.raw.subarray(this.dataOffset, this.dataOffset + this.bytes);
+    return this.bytes < 0
+      ? EMPTY
+      : this.raw.subarray(this.dataOffset, this.dataOffset + this.bytes);
   }
 
   /** ERROR, CLIENT_ERROR ... or SERVER_ERROR ... */

@@ -1,0 +1,202 @@
+/**
+ * One persistent, pipelined connection to a memcached node.
+ *
+ * Contract: `send()` writes a request and calls its callback exactly once,
+ * with the reply or a BackendError. Replies are matched to requests FIFO.
+ * Writes made in one tick go out in one corked batch. A request that waits
+ * longer than the request timeout, a reply that cannot be matched, or a
+ * socket error destroys the connection and fails everything in flight on it
+ * (memcached's proxy does the same in _reset_bad_backend): after any of those
+ * no later reply on that socket can be trusted to belong to its request.
+ * A destroyed connection is not reused; the owner opens a new one.
+ */
+
+import net from 'node:net';
+import { BackendError } from '../errors.js';
+import { type Expectation, type Reply, ResponseParser } from '../protocol/response-parser.js';
+
+export type ReplyCallback = (err: BackendError | null, reply: Reply | null) => void;
+
+export interface ConnectionOptions {
+  host: string;
+  port: number;
+  connectTimeoutMs: number;
+  requestTimeoutMs: number;
+  maxValue?: number;
+}
+
+export interface ConnectionEvents {
+  /** The TCP connection is established. */
+  onConnect(conn: BackendConnection): void;
+  /** The connection is gone, with the reason; in-flight requests have been failed. */
+  onClose(conn: BackendConnection, err: BackendError): void;
+}
+
+/** All live connections, swept for timeouts by one shared timer. */
+const live = new Set<BackendConnection>();
+let sweeper: NodeJS.Timeout | null = null;
+const SWEEP_MS = 10;
+
+function sweep(): void {
+  const now = performance.now();
+  for (const c of live) c.checkTimeout(now);
+}
+
+export class BackendConnection {
+  private readonly socket: net.Socket;
+  private readonly parser: ResponseParser;
+  private readonly options: ConnectionOptions;
+  private readonly events: ConnectionEvents;
+  // FIFO of callbacks and deadlines, as parallel ring buffers.
+  private callbacks: (ReplyCallback | null)[] = new Array<ReplyCallback | null>(64).fill(null);
+  private deadlines = new Float64Array(64);
+  private head = 0;
+  private count = 0;
+  private corked = false;
+  private connected = false;
+  private closed = false;
+  private readonly connectTimer: NodeJS.Timeout;
+
+  constructor(options: ConnectionOptions, events: ConnectionEvents) {
+    this.options = options;
+    this.events = events;
+    this.parser = new ResponseParser(
+      {
+        onReply: (reply) => this.onReply(reply),
+        onDesync: (reason) =>
+          this.destroy(new BackendError('MSP_BACKEND_DESYNC', `${this.name}: ${reason}`)),
+      },
+      options.maxValue === undefined ? {} : { maxValue: options.maxValue },
+    );
+    this.socket = net.connect({ host: options.host, port: options.port, noDelay: true });
+    this.connectTimer = setTimeout(
+      () => this.destroy(new BackendError('MSP_BACKEND_CONNECT', `${this.name}: connect timeout`)),
+      options.connectTimeoutMs,
+    );
+    this.socket.on('connect', () => {
+      clearTimeout(this.connectTimer);
+      this.connected = true;
+      this.events.onConnect(this);
+    });
+    this.socket.on('data', (chunk: Buffer) => this.parser.push(chunk));
+    this.socket.on('error', (err: NodeJS.ErrnoException) => {
+      const code = this.connected ? 'MSP_BACKEND_CLOSED' : 'MSP_BACKEND_CONNECT';
+      this.destroy(new BackendError(code, `${this.name}: ${err.code ?? err.message}`));
+    });
+    this.socket.on('close', () =>
+      this.destroy(new BackendError('MSP_BACKEND_CLOSED', `${this.name}: connection closed`)),
+    );
+    live.add(this);
+    if (sweeper === null) {
+      sweeper = setInterval(sweep, SWEEP_MS);
+      sweeper.unref();
+    }
+  }
+
+  get name(): string {
+    return `${this.options.host}:${this.options.port}`;
+  }
+
+  get isConnected(): boolean {
+    return this.connected && !this.closed;
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Requests awaiting a reply. */
+  get inflight(): number {
+    return this.count;
+  }
+
+  /** Write one request (`data` is its exact bytes) and await a reply of shape `expect`. */
+  send(data: Buffer | readonly Buffer[], expect: Expectation, cb: ReplyCallback): void {
+    if (this.closed) {
+      const err = new BackendError('MSP_BACKEND_CLOSED', `${this.name}: connection closed`);
+      queueMicrotask(() => cb(err, null));
+      return;
+    }
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(uncork, this);
+    }
+    if (Buffer.isBuffer(data)) {
+      this.socket.write(data);
+    } else {
+      for (const b of data) this.socket.write(b);
+    }
+    this.parser.expect(expect);
+    this.push(cb, performance.now() + this.options.requestTimeoutMs);
+  }
+
+  /** Called by the shared sweeper. */
+  checkTimeout(now: number): void {
+    if (this.count > 0 && this.deadlines[this.head]! <= now) {
+      this.destroy(
+        new BackendError(
+          'MSP_BACKEND_TIMEOUT',
+          `${this.name}: no reply within ${this.options.requestTimeoutMs} ms`,
+        ),
+      );
+    }
+  }
+
+  /** Close the connection, failing whatever is in flight with `err`. */
+  destroy(err: BackendError): void {
+    if (this.closed) return;
+    this.closed = true;
+    live.delete(this);
+    clearTimeout(this.connectTimer);
+    this.socket.destroy();
+    while (this.count > 0) {
+      const cb = this.shift();
+      cb(err, null);
+    }
+    this.events.onClose(this, err);
+  }
+
+  flush(): void {
+    if (this.corked) {
+      this.corked = false;
+      this.socket.uncork();
+    }
+  }
+
+  private onReply(reply: Reply): void {
+    const cb = this.shift();
+    cb(null, reply);
+  }
+
+  private push(cb: ReplyCallback, deadline: number): void {
+    const cap = this.callbacks.length;
+    if (this.count === cap) {
+      const callbacks = new Array<ReplyCallback | null>(cap * 2).fill(null);
+      const deadlines = new Float64Array(cap * 2);
+      for (let i = 0; i < this.count; i++) {
+        callbacks[i] = this.callbacks[(this.head + i) % cap]!;
+        deadlines[i] = this.deadlines[(this.head + i) % cap]!;
+      }
+      this.callbacks = callbacks;
+      this.deadlines = deadlines;
+      this.head = 0;
+    }
+    const at = (this.head + this.count) % this.callbacks.length;
+    this.callbacks[at] = cb;
+    this.deadlines[at] = deadline;
+    this.count++;
+  }
+
+  private shift(): ReplyCallback {
+    const cb = this.callbacks[this.head]!;
+    this.callbacks[this.head] = null;
+    this.head = (this.head + 1) % this.callbacks.length;
+    this.count--;
+    return cb;
+  }
+}
+
+function uncork(conn: BackendConnection): void {
+  conn.flush();
+}

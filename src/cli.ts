@@ -1,0 +1,58 @@
+/**
+ * `msproxy --config <file>`: validate the config, start the proxy, and stop
+ * cleanly on SIGINT/SIGTERM. `--check` validates and exits.
+ */
+
+import { Command } from 'commander';
+import { pino } from 'pino';
+import { ConfigError, loadConfig } from './config.js';
+import { Proxy } from './server/proxy.js';
+import { VERSION } from './version.js';
+
+export async function main(argv: string[]): Promise<number> {
+  const program = new Command()
+    .name('msproxy')
+    .description('Session-HA proxy for memcached: replicates every key to R nodes and fails reads over.')
+    .version(VERSION, '-V, --version')
+    .requiredOption('-c, --config <file>', 'JSON config file (see config.example.json)')
+    .option('--check', 'validate the config and exit')
+    .exitOverride();
+  try {
+    program.parse(argv);
+  } catch (err) {
+    const code = (err as { exitCode?: number }).exitCode;
+    return code ?? 2;
+  }
+  const opts = program.opts<{ config: string; check?: boolean }>();
+  let config;
+  try {
+    config = loadConfig(opts.config);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`msproxy: ${err.message}\n`);
+      return 2;
+    }
+    throw err;
+  }
+  if (opts.check) {
+    process.stdout.write(`msproxy: ${opts.config} is valid (${config.nodes.length} nodes, replicas ${config.replicas})\n`);
+    return 0;
+  }
+  const log = pino({ level: config.log.level, base: { pid: process.pid } });
+  const proxy = new Proxy(config, log);
+  try {
+    await proxy.start();
+  } catch (err) {
+    log.fatal({ err }, 'cannot listen');
+    return 1;
+  }
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      log.info({ signal }, 'shutting down');
+      void proxy.close().then(resolve);
+    };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+  return 0;
+}

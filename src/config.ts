@@ -1,0 +1,166 @@
+/**
+ * Configuration: the JSON file's schema, its defaults, and validation errors
+ * that name the field and the reason.
+ */
+
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+
+const HOST_PORT = /^(.+):(\d{1,5})$/;
+
+function splitHostPort(s: string): { host: string; port: number } | undefined {
+  const m = HOST_PORT.exec(s);
+  if (!m) return undefined;
+  const host = m[1]!.replace(/^\[(.*)\]$/, '$1');
+  return { host, port: Number(m[2]) };
+}
+
+const port = z.number().int().min(1).max(65535);
+const host = z.string().min(1);
+
+/** "host:port" or {host, port}. */
+const address = z.preprocess(
+  (v) => (typeof v === 'string' ? (splitHostPort(v) ?? v) : v),
+  z.strictObject(
+    { host, port },
+    { error: (iss) => (typeof iss.input === 'string' ? `expected "host:port", got "${iss.input}"` : undefined) },
+  ),
+);
+
+const node = z.preprocess(
+  (v) => (typeof v === 'string' ? (splitHostPort(v) ?? v) : v),
+  z.strictObject(
+    {
+      host,
+      port,
+      /** Label hashed onto the ring instead of host:port (as twemproxy's server names). */
+      name: z.string().min(1).optional(),
+      weight: z.number().int().min(1).max(1000).default(1),
+    },
+    { error: (iss) => (typeof iss.input === 'string' ? `expected "host:port", got "${iss.input}"` : undefined) },
+  ),
+);
+
+const duration = z.number().int().min(1);
+
+export const configSchema = z
+  .strictObject({
+    listen: address,
+    nodes: z.array(node).min(1),
+    /** Copies of each key: 1 is plain sharding, 2 a primary and a backup. */
+    replicas: z.number().int().min(1).default(2),
+    /** sync: answer once every reachable replica answered; async: answer with the authority's reply. */
+    ackMode: z.enum(['sync', 'async']).default('sync'),
+    timeouts: z
+      .strictObject({
+        connectMs: duration.default(1000),
+        requestMs: duration.default(250),
+      })
+      .default({ connectMs: 1000, requestMs: 250 }),
+    backend: z
+      .strictObject({
+        /** Persistent connections per node, shared by all clients. */
+        connections: z.number().int().min(1).max(64).default(2),
+        /** Consecutive failures that mark a node down. */
+        failureThreshold: z.number().int().min(1).default(2),
+        /** First probe delay of a down node; doubles up to probeMaxMs, with jitter. */
+        probeMs: duration.default(100),
+        probeMaxMs: duration.default(2000),
+      })
+      .default({ connections: 2, failureThreshold: 2, probeMs: 100, probeMaxMs: 2000 }),
+    limits: z
+      .strictObject({
+        maxClients: z.number().int().min(1).default(10000),
+        /** Requests a client may have in flight before msproxy stops reading from it. */
+        maxInflight: z.number().int().min(1).default(1024),
+        /** Largest item, as memcached's -I. */
+        itemSizeMax: z
+          .number()
+          .int()
+          .min(1024)
+          .max(1024 * 1024 * 1024)
+          .default(1024 * 1024),
+        /** Longest get/gets command line. */
+        maxMultigetLine: z
+          .number()
+          .int()
+          .min(2048)
+          .default(1024 * 1024),
+      })
+      .default({
+        maxClients: 10000,
+        maxInflight: 1024,
+        itemSizeMax: 1024 * 1024,
+        maxMultigetLine: 1024 * 1024,
+      }),
+    log: z
+      .strictObject({
+        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+      })
+      .default({ level: 'info' }),
+  })
+  .superRefine((c, ctx) => {
+    if (c.replicas > c.nodes.length) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['replicas'],
+        message: `replicas (${c.replicas}) cannot exceed the number of nodes (${c.nodes.length})`,
+      });
+    }
+    const seen = new Map<string, number>();
+    c.nodes.forEach((n, i) => {
+      const label = nodeLabel(n);
+      const prev = seen.get(label);
+      if (prev !== undefined) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['nodes', i],
+          message: `duplicate node ${label} (same as nodes[${prev}])`,
+        });
+      }
+      seen.set(label, i);
+    });
+  });
+
+export type Config = z.output<typeof configSchema>;
+export type NodeConfig = Config['nodes'][number];
+
+/** The ring label of a node: its name, or host:port ("host" alone for 11211, as libmemcached hashes it). */
+export function nodeLabel(n: { host: string; port: number; name?: string | undefined }): string {
+  if (n.name !== undefined) return n.name;
+  return `${n.host}:${n.port}`;
+}
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Validate a parsed JSON value; errors read "config: <field>: <reason>". */
+export function parseConfig(value: unknown): Config {
+  const r = configSchema.safeParse(value);
+  if (r.success) return r.data;
+  const lines = r.error.issues.map((i) => {
+    const path = i.path.length ? i.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('').replace(/^\./, '') : '(root)';
+    return `config: ${path}: ${i.message}`;
+  });
+  throw new ConfigError(lines.join('\n'));
+}
+
+export function loadConfig(file: string): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`config: cannot read ${file}: ${(err as Error).message}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(`config: ${file} is not valid JSON: ${(err as Error).message}`);
+  }
+  return parseConfig(json);
+}

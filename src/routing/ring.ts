@@ -1,0 +1,97 @@
+/**
+ * The consistent-hash ring: md5 ketama, placement-compatible with
+ * libmemcached and twemproxy (160 points per node at equal weights, node
+ * label "host:port", or "host" alone for port 11211, or the node's name).
+ *
+ * hashring builds the continuum; lookups are done here on raw key bytes, so
+ * any key (invalid UTF-8, `__proto__`) hashes exactly as the bytes a client
+ * sent, and no lookup touches hashring's object-keyed cache. The ring never
+ * changes when a node goes down: callers skip down nodes in the replica list.
+ */
+
+import { createHash } from 'node:crypto';
+import HashRing from 'hashring';
+
+export interface RingNode {
+  /** Label hashed onto the ring. */
+  label: string;
+  weight: number;
+}
+
+export class Ring {
+  /** Continuum point values, ascending. */
+  private readonly points: Uint32Array;
+  /** Node index owning each point. */
+  private readonly owners: Uint16Array;
+  private readonly nodeCount: number;
+  private readonly cache = new Map<string, Uint16Array>();
+  private readonly cacheMax: number;
+
+  constructor(nodes: readonly RingNode[], options: { cacheSize?: number } = {}) {
+    if (nodes.length === 0) throw new Error('ring needs at least one node');
+    const servers: Record<string, number> = Object.create(null);
+    const index = new Map<string, number>();
+    nodes.forEach((n, i) => {
+      if (index.has(n.label)) throw new Error(`duplicate ring label ${n.label}`);
+      servers[n.label] = n.weight;
+      index.set(n.label, i);
+    });
+    // 'default port' 11211 makes hashring hash "host-i" for such nodes, as libmemcached does.
+    const ring = new HashRing(servers as unknown as string[], 'md5', { 'max cache size': 1, 'default port': 11211 });
+    const continuum = (ring as unknown as { ring: { value: number; server: string }[] }).ring;
+    this.points = new Uint32Array(continuum.length);
+    this.owners = new Uint16Array(continuum.length);
+    continuum.forEach((p, i) => {
+      this.points[i] = p.value;
+      this.owners[i] = index.get(p.server)!;
+    });
+    this.nodeCount = nodes.length;
+    this.cacheMax = options.cacheSize ?? 65536;
+  }
+
+  /** ketama hash of raw key bytes: the first 4 bytes of md5, little-endian. */
+  static hash(key: Buffer): number {
+    return createHash('md5').update(key).digest().readUInt32LE(0);
+  }
+
+  /** Index of the first point at or after `h`, wrapping to 0. */
+  private find(h: number): number {
+    let lo = 0;
+    let hi = this.points.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.points[mid]! < h) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo === this.points.length ? 0 : lo;
+  }
+
+  /**
+   * All nodes in ring order from the key's point: the primary first, then the
+   * next distinct nodes. Callers take the first R as the replica set.
+   */
+  order(key: Buffer): Uint16Array {
+    const ck = key.toString('latin1');
+    const hit = this.cache.get(ck);
+    if (hit !== undefined) return hit;
+    const out = new Uint16Array(this.nodeCount);
+    const seen = new Uint8Array(this.nodeCount);
+    let n = 0;
+    const start = this.find(Ring.hash(key));
+    for (let i = 0; i < this.points.length && n < this.nodeCount; i++) {
+      const owner = this.owners[(start + i) % this.points.length]!;
+      if (seen[owner] === 0) {
+        seen[owner] = 1;
+        out[n++] = owner;
+      }
+    }
+    if (this.cache.size >= this.cacheMax) this.cache.clear();
+    this.cache.set(ck, out);
+    return out;
+  }
+
+  /** The primary node of a key. */
+  primary(key: Buffer): number {
+    return this.order(key)[0]!;
+  }
+}

@@ -1,0 +1,106 @@
+/**
+ * The proxy: a listener, the backend nodes, the ring and the router, wired
+ * together from a Config. `start()` resolves once the port is bound;
+ * `close()` stops accepting, closes clients and backends.
+ */
+
+import net from 'node:net';
+import type { Logger } from 'pino';
+import { BackendNode } from '../backend/node.js';
+import { type Config, nodeLabel } from '../config.js';
+import { Ring } from '../routing/ring.js';
+import { Router } from '../routing/router.js';
+import { Stats } from '../stats.js';
+import { VERSION, memcachedVersion } from '../version.js';
+import { ClientSession } from './session.js';
+
+export class Proxy {
+  readonly config: Config;
+  readonly stats = new Stats();
+  readonly nodes: BackendNode[];
+  readonly ring: Ring;
+  readonly router: Router;
+  private readonly log: Logger;
+  private readonly server: net.Server;
+  private readonly sockets = new Set<net.Socket>();
+
+  constructor(config: Config, log: Logger) {
+    this.config = config;
+    this.log = log;
+    this.nodes = config.nodes.map(
+      (n, index) =>
+        new BackendNode(
+          {
+            index,
+            host: n.host,
+            port: n.port,
+            label: nodeLabel(n),
+            connections: config.backend.connections,
+            connectTimeoutMs: config.timeouts.connectMs,
+            requestTimeoutMs: config.timeouts.requestMs,
+            failureThreshold: config.backend.failureThreshold,
+            probeMs: config.backend.probeMs,
+            probeMaxMs: config.backend.probeMaxMs,
+            maxValue: config.limits.itemSizeMax,
+          },
+          log,
+          { onUp: () => {}, onDown: () => {} },
+        ),
+    );
+    this.ring = new Ring(config.nodes.map((n) => ({ label: nodeLabel(n), weight: n.weight })));
+    this.router = new Router(
+      this.nodes,
+      this.ring,
+      { replicas: config.replicas, ackMode: config.ackMode, version: memcachedVersion() },
+      this.stats,
+      log,
+    );
+    this.server = net.createServer((socket) => this.accept(socket));
+    this.server.maxConnections = config.limits.maxClients;
+    this.server.on('drop', () => this.stats.rejectedConnections++);
+  }
+
+  private accept(socket: net.Socket): void {
+    const stats = this.stats;
+    stats.currConnections++;
+    stats.totalConnections++;
+    this.sockets.add(socket);
+    socket.once('close', () => {
+      stats.currConnections--;
+      this.sockets.delete(socket);
+    });
+    new ClientSession(socket, this.router, stats, {
+      maxInflight: this.config.limits.maxInflight,
+      itemSizeMax: this.config.limits.itemSizeMax,
+      maxMultigetLine: this.config.limits.maxMultigetLine,
+    });
+  }
+
+  /** The bound address (useful with port 0). */
+  get address(): { host: string; port: number } {
+    const a = this.server.address() as net.AddressInfo;
+    return { host: a.address, port: a.port };
+  }
+
+  start(): Promise<void> {
+    const { host, port } = this.config.listen;
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen({ host, port, backlog: 1024 }, () => {
+        this.server.off('error', reject);
+        this.log.info(
+          { listen: `${this.address.host}:${this.address.port}`, nodes: this.nodes.length, replicas: this.config.replicas, version: VERSION },
+          'msproxy listening',
+        );
+        resolve();
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    const closed = new Promise<void>((r) => this.server.close(() => r()));
+    for (const s of this.sockets) s.destroy();
+    for (const n of this.nodes) n.close();
+    await closed;
+  }
+}

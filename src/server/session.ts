@@ -1,0 +1,171 @@
+/**
+ * One client connection.
+ *
+ * Contract: every command gets a slot in arrival order; replies are written
+ * only from the head of the slot queue, so a client sees replies in request
+ * order however the backends interleave (mcrouter's McServerSession and
+ * twemproxy's rsp_send_next work the same way). A noreply command keeps its
+ * slot but writes nothing. Reading from the client pauses while it has
+ * `maxInflight` commands unanswered or while its socket must drain, and
+ * resumes when neither holds, so a client that pipelines without reading
+ * cannot make msproxy buffer without bound.
+ */
+
+import type net from 'node:net';
+import type { Out, Router } from '../routing/router.js';
+import { RequestParser } from '../protocol/request-parser.js';
+import type { ProtocolError, Request } from '../protocol/request.js';
+import type { Stats } from '../stats.js';
+
+export interface SessionOptions {
+  maxInflight: number;
+  itemSizeMax: number;
+  maxMultigetLine: number;
+}
+
+class Slot {
+  out: Out = null;
+  ready = false;
+  /** Close the connection once this slot is written (quit, or a fatal protocol error). */
+  close = false;
+  next: Slot | null = null;
+}
+
+export class ClientSession {
+  private readonly socket: net.Socket;
+  private readonly router: Router;
+  private readonly stats: Stats;
+  private readonly parser: RequestParser;
+  private readonly maxInflight: number;
+  private head: Slot | null = null;
+  private tail: Slot | null = null;
+  private inflight = 0;
+  private draining = false;
+  private paused = false;
+  private closed = false;
+  private closing = false;
+
+  constructor(socket: net.Socket, router: Router, stats: Stats, options: SessionOptions) {
+    this.socket = socket;
+    this.router = router;
+    this.stats = stats;
+    this.maxInflight = options.maxInflight;
+    this.parser = new RequestParser(
+      {
+        onRequest: (req) => this.onRequest(req),
+        onError: (err) => this.onProtocolError(err),
+      },
+      { itemSizeMax: options.itemSizeMax, maxMultigetLine: options.maxMultigetLine },
+    );
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => {
+      if (!this.closing) this.parser.push(chunk);
+    });
+    socket.on('drain', () => {
+      this.draining = false;
+      this.updateFlow();
+    });
+    socket.on('error', () => this.onClose());
+    socket.on('close', () => this.onClose());
+    socket.on('end', () => {
+      // The client finished sending; answer what it asked, then close.
+      this.closing = true;
+      if (this.head === null) socket.end();
+    });
+  }
+
+  private reserve(): Slot {
+    const slot = new Slot();
+    if (this.tail === null) this.head = slot;
+    else this.tail.next = slot;
+    this.tail = slot;
+    this.inflight++;
+    if (this.inflight >= this.maxInflight) this.updateFlow();
+    return slot;
+  }
+
+  private onRequest(req: Request): void {
+    const slot = this.reserve();
+    if (req.cmd === 'quit') {
+      slot.close = true;
+      this.closing = true;
+      this.fill(slot, null);
+      return;
+    }
+    this.router.execute(req, (out) => this.fill(slot, out));
+  }
+
+  private onProtocolError(err: ProtocolError): void {
+    this.stats.clientErrors++;
+    const slot = this.reserve();
+    if (err.close) {
+      slot.close = true;
+      this.closing = true;
+    }
+    this.fill(slot, err.silent ? null : err.reply);
+  }
+
+  private fill(slot: Slot, out: Out): void {
+    slot.out = out;
+    slot.ready = true;
+    if (slot === this.head) this.flush();
+  }
+
+  /** Write every ready slot at the head of the queue, in order. */
+  private flush(): void {
+    if (this.closed) return;
+    const sock = this.socket;
+    let corked = false;
+    let close = false;
+    while (this.head !== null && this.head.ready) {
+      const slot = this.head;
+      this.head = slot.next;
+      if (this.head === null) this.tail = null;
+      this.inflight--;
+      const out = slot.out;
+      if (out !== null) {
+        if (!corked) {
+          sock.cork();
+          corked = true;
+        }
+        if (Buffer.isBuffer(out)) {
+          if (!sock.write(out)) this.draining = true;
+        } else {
+          for (const b of out) if (!sock.write(b)) this.draining = true;
+        }
+      }
+      if (slot.close) {
+        close = true;
+        break;
+      }
+    }
+    if (corked) sock.uncork();
+    if (close || (this.closing && this.head === null)) {
+      this.closed = true;
+      this.head = this.tail = null;
+      sock.end();
+      return;
+    }
+    this.updateFlow();
+  }
+
+  private updateFlow(): void {
+    if (this.closed) return;
+    const shouldPause = this.draining || this.inflight >= this.maxInflight;
+    if (shouldPause && !this.paused) {
+      this.paused = true;
+      this.socket.pause();
+    } else if (!shouldPause && this.paused) {
+      this.paused = false;
+      this.socket.resume();
+    }
+  }
+
+  private onClose(): void {
+    if (this.closed && this.socket.destroyed) return;
+    this.closed = true;
+    // Replies still pending are dropped when they arrive; the backends are unaffected.
+    this.head = this.tail = null;
+    this.socket.destroy();
+  }
+}

@@ -16,13 +16,15 @@ function splitHostPort(s: string): { host: string; port: number } | undefined {
 }
 
 const port = z.number().int().min(1).max(65535);
+/** The listen port may be 0: the kernel picks one (tests, socket activation). */
+const listenPort = z.number().int().min(0).max(65535);
 const host = z.string().min(1);
 
 /** "host:port" or {host, port}. */
 const address = z.preprocess(
   (v) => (typeof v === 'string' ? (splitHostPort(v) ?? v) : v),
   z.strictObject(
-    { host, port },
+    { host, port: listenPort },
     { error: (iss) => (typeof iss.input === 'string' ? `expected "host:port", got "${iss.input}"` : undefined) },
   ),
 );

@@ -65,6 +65,9 @@ const ERR = {
   maMode: 'CLIENT_ERROR invalid mode for ma M token',
 } as const;
 
+/** stats sub-commands memcached 1.6 answers (besides detail and cachedump, checked apart). */
+const STATS_SUBCOMMANDS = ['reset', 'settings', 'conns', 'extstore', 'items', 'slabs', 'sizes', 'sizes_enable', 'sizes_disable'];
+
 type StorageCmd = 'set' | 'add' | 'replace' | 'append' | 'prepend' | 'cas';
 
 /** Compare bytes [s, e) of buf with an ASCII literal. */
@@ -198,7 +201,10 @@ export class RequestParser {
    * unless the line is a get/gets (after at most 100 leading spaces).
    */
   private checkPartialLine(): void {
-    if (this.partsLength <= MAX_LINE) return;
+    // A trailing \r may be the start of the line's terminator: it does not count as content.
+    const last = this.parts[this.parts.length - 1]!;
+    const content = this.partsLength - (last[last.length - 1] === CR ? 1 : 0);
+    if (content <= MAX_LINE) return;
     if (this.partialIsMultiget === undefined) {
       // Only the first bytes matter; avoid re-copying a long line on every chunk.
       let head = this.parts[0]!;
@@ -207,7 +213,7 @@ export class RequestParser {
       }
       this.partialIsMultiget = this.isMultigetLine(head);
     }
-    if (this.partialIsMultiget && this.partsLength <= this.maxMultigetLine) return;
+    if (this.partialIsMultiget && content <= this.maxMultigetLine) return;
     this.fail(ERR.lineTooLong, false, true);
   }
 
@@ -317,7 +323,7 @@ export class RequestParser {
         break;
       case 0x73 /* s */:
         if (is(line, s, e, 'set')) return this.onStorage(line, 'set');
-        if (is(line, s, e, 'stats')) return this.emitArgs(line, 'stats', 1);
+        if (is(line, s, e, 'stats')) return this.onStats(line);
         if (is(line, s, e, 'shutdown') || is(line, s, e, 'slabs')) return this.emitAdmin(line);
         break;
       case 0x61 /* a */:
@@ -351,8 +357,6 @@ export class RequestParser {
           is(line, s, e, 'lru_crawler') ||
           is(line, s, e, 'watch') ||
           is(line, s, e, 'lru') ||
-          is(line, s, e, 'misbehave') ||
-          is(line, s, e, 'debugtime') ||
           is(line, s, e, 'extstore') ||
           is(line, s, e, 'refresh_certs')
         ) {
@@ -592,6 +596,37 @@ export class RequestParser {
     this.sink.onRequest(req);
   }
 
+  /** memcached's process_stat: which sub-commands exist and their argument errors. */
+  private onStats(line: Buffer): void {
+    const nt = this.ntokens;
+    if (nt > 2) {
+      if (this.tokIs(line, 1, 'detail')) {
+        if (nt < 4 || !(this.tokIs(line, 2, 'on') || this.tokIs(line, 2, 'off') || this.tokIs(line, 2, 'dump'))) {
+          this.fail('CLIENT_ERROR usage: stats detail on|off|dump', false);
+          return;
+        }
+      } else if (this.tokIs(line, 1, 'cachedump')) {
+        if (nt < 5) {
+          this.fail('CLIENT_ERROR bad command line', false);
+          return;
+        }
+        const id = parseU32(line, this.starts[2]!, this.ends[2]!);
+        if (id === undefined || parseU32(line, this.starts[3]!, this.ends[3]!) === undefined) {
+          this.fail(ERR.format, false);
+          return;
+        }
+        if (id >= 64) {
+          this.fail('CLIENT_ERROR Illegal slab id', false);
+          return;
+        }
+      } else if (!STATS_SUBCOMMANDS.some((sub) => this.tokIs(line, 1, sub))) {
+        this.fail(ERR.error, false);
+        return;
+      }
+    }
+    this.emitArgs(line, 'stats', 1);
+  }
+
   private onVerbosity(line: Buffer): void {
     const nt = this.ntokens;
     if (nt !== 3 && nt !== 4) {
@@ -762,7 +797,8 @@ export class RequestParser {
         }
         case 0x46 /* F */: {
           const v = parseU32(line, s + 1, e);
-          if (v === undefined) error = ERR.format;
+          // memcached only flags the error here, keeping an earlier flag's error text.
+          if (v === undefined) error ??= ERR.format;
           else req.flags = v;
           break;
         }

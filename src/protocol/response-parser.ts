@@ -199,7 +199,9 @@ export class ResponseParser {
         const nl = chunk.indexOf(0x0a, pos);
         if (nl < 0) {
           this.stash(chunk.subarray(pos));
-          if (this.partsLength > this.maxLine) this.desync('reply line too long');
+          // A trailing \r may be the start of the terminator: it does not count.
+          const partial = this.partsLength - (chunk[len - 1] === 0x0d ? 1 : 0);
+          if (partial > this.maxLine) this.desync('reply line too long');
           return;
         }
         let line: Buffer;

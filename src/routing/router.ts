@@ -628,7 +628,9 @@ export class Router {
   private statsReply(req: Request): Buffer {
     const sub = req.args[0]?.toString('latin1');
     if (sub === 'reset') return R.RESET;
-    if (sub !== undefined && sub !== 'proxy') return R.ERROR;
+    if (sub === 'detail') return req.args[1]?.toString('latin1') === 'dump' ? R.END : R.OK;
+    // Per-node sub-commands (settings, items, slabs, ...) have no proxy-wide meaning: empty list.
+    if (sub !== undefined) return R.END;
     const s = this.stats;
     const now = Date.now();
     const rows: [string, string | number][] = [

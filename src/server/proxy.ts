@@ -55,7 +55,8 @@ export class Proxy {
       this.stats,
       log,
     );
-    this.server = net.createServer((socket) => this.accept(socket));
+    // allowHalfOpen: a client may shut down its sending side and still read the replies.
+    this.server = net.createServer({ allowHalfOpen: true }, (socket) => this.accept(socket));
     this.server.maxConnections = config.limits.maxClients;
     this.server.on('drop', () => this.stats.rejectedConnections++);
   }

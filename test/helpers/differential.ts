@@ -43,7 +43,7 @@ export function parseStream(input: Buffer, chunk?: () => number): ParsedStream {
   if (chunk === undefined) {
     parser.push(input);
   } else {
-    for (let i = 0; i < input.length; ) {
+    for (let i = 0; i < input.length;) {
       const n = Math.max(1, chunk());
       parser.push(input.subarray(i, i + n));
       i += n;
@@ -102,6 +102,9 @@ export function expectedReplies(events: ParserEvent[]): Expected[] {
     }
     if (req.noreply && !META_QUIETABLE.has(req.cmd)) continue; // classic noreply
     out.push({ kind: 'reply', req, expect: expectationFor(req), event: i });
+    // Server administration (shutdown, lru_crawler, watch, ...) answers per build and
+    // configuration, and some take the connection over: nothing after it is comparable.
+    if (req.cmd === 'admin') return out;
   }
   return out;
 }
@@ -185,6 +188,7 @@ function isErrorText(text: string): boolean {
 /** Why `reply` does not fit `req`, or undefined. */
 export function checkReply(req: Request, reply: Reply): string | undefined {
   if (reply.absent) return undefined; // only quiet commands can have none (EXPECT_QUIET)
+  if (req.cmd === 'admin') return undefined; // the parser only recognises it; the server decides
   const text = reply.text;
   if (isErrorText(text)) {
     if (ALLOWED_ERRORS[req.cmd]?.includes(text)) return undefined;
@@ -214,7 +218,11 @@ export function checkReply(req: Request, reply: Reply): string | undefined {
           return `opaque ${JSON.stringify(t)} does not match the parser's O flag`;
         }
       } else if (t.startsWith('k')) {
-        const want = 'k' + (req.wireKeys[0] ?? Buffer.alloc(0)).toString('latin1');
+        // With b, memcached re-encodes the decoded key rather than echoing the wire bytes.
+        const key = req.hasFlag('b')
+          ? req.key.toString('base64')
+          : (req.wireKeys[0] ?? Buffer.alloc(0)).toString('latin1');
+        const want = 'k' + key;
         if (t !== want) return `key ${JSON.stringify(t)} does not match the parser's key`;
       }
     }
@@ -277,7 +285,16 @@ export function exchange(
       }
     }
     sock.on('connect', () => {
-      sock.write(input, () => maybeQuiet());
+      // memcached closes on more than 2048 bytes without a newline, but only if they arrive
+      // before the newline does. Deliver long lines in two writes so it sees them as the
+      // parser does, independently of how the kernel happens to batch one write.
+      const pieces = splitLongLines(input);
+      const next = (i: number): void => {
+        if (settled) return;
+        if (i === pieces.length - 1) sock.write(pieces[i]!, () => maybeQuiet());
+        else sock.write(pieces[i]!, () => setTimeout(() => next(i + 1), 30));
+      };
+      next(0);
     });
     sock.on('data', (d: Buffer) => {
       chunks.push(d);
@@ -298,6 +315,24 @@ export function exchange(
       finish(false);
     });
   });
+}
+
+/** Cut `input` 2049 bytes into every line longer than 2049 bytes. */
+export function splitLongLines(input: Buffer): Buffer[] {
+  const pieces: Buffer[] = [];
+  let from = 0;
+  let lineStart = 0;
+  while (lineStart < input.length) {
+    let nl = input.indexOf(0x0a, lineStart);
+    if (nl < 0) nl = input.length;
+    if (nl - lineStart > 2049) {
+      pieces.push(input.subarray(from, lineStart + 2049));
+      from = lineStart + 2049;
+    }
+    lineStart = nl + 1;
+  }
+  pieces.push(input.subarray(from));
+  return pieces;
 }
 
 // ---------------------------------------------------------------------------
@@ -343,8 +378,12 @@ export async function runCase(
   const closed = ex.end !== 'open';
 
   const problems: string[] = [];
+  // After an admin command nothing is compared (see expectedReplies): its own reply is enough.
+  const last = awaited[awaited.length - 1];
+  const endsWithAdmin = last?.kind === 'reply' && last.req.cmd === 'admin';
+  if (endsWithAdmin && replies.length === awaited.length) desync = undefined;
   // Bytes memcached sent after the last awaited reply without a newline.
-  if (!rp.dead && rp.pending === 0) {
+  if (!endsWithAdmin && !rp.dead && rp.pending === 0) {
     const before = replies.length;
     rp.expect(EXPECT_LINE);
     rp.push(Buffer.from('\r\n'));
@@ -366,11 +405,14 @@ export async function runCase(
     } else if (e.kind === 'reply') {
       const why = checkReply(e.req, r);
       if (why !== undefined) {
-        problems.push(`reply ${i}: ${why}: memcached sent ${JSON.stringify(r.text)} for event ${e.event}`);
+        problems.push(
+          `reply ${i}: ${why}: memcached sent ${JSON.stringify(r.text)} for event ${e.event}`,
+        );
       }
     }
   }
-  if (desync !== undefined) problems.push(`memcached's bytes do not fit the expected replies: ${desync}`);
+  if (desync !== undefined)
+    problems.push(`memcached's bytes do not fit the expected replies: ${desync}`);
   if (replies.length < awaited.length && desync === undefined) {
     const next = awaited[replies.length]!;
     problems.push(
@@ -378,8 +420,10 @@ export async function runCase(
         (ex.timedOut ? ' (timed out)' : ''),
     );
   }
-  if (expectClose && !closed) problems.push('the parser gives up on the stream but memcached kept the connection open');
-  if (!expectClose && closed) problems.push(`memcached closed the connection (${ex.end}) but the parser did not expect it`);
+  if (expectClose && !closed)
+    problems.push('the parser gives up on the stream but memcached kept the connection open');
+  if (!expectClose && closed && !endsWithAdmin)
+    problems.push(`memcached closed the connection (${ex.end}) but the parser did not expect it`);
 
   if (problems.length === 0) return {};
   return {
@@ -390,7 +434,11 @@ export async function runCase(
 }
 
 /** Run `fn` over `items` with at most `limit` at a time. */
-export async function pool<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+export async function pool<T>(
+  items: T[],
+  limit: number,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
   let next = 0;
   const worker = async (): Promise<void> => {
     while (next < items.length) await fn(items[next++]!);
@@ -415,7 +463,7 @@ export function showEvent(ev: ParserEvent): string {
     return `error ${JSON.stringify(e.message)}${e.silent ? ' silent' : ''}${e.close ? ' close' : ''}`;
   }
   const r = ev.req;
-  const parts = [r.cmd];
+  const parts: string[] = [r.cmd];
   if (r.keys.length > 0) {
     const keys = r.keys.slice(0, 3).map((k) => show(k, 40));
     parts.push(`keys=[${keys.join(',')}${r.keys.length > 3 ? `,… ${r.keys.length} keys` : ''}]`);
@@ -427,7 +475,9 @@ export function showEvent(ev: ParserEvent): string {
 }
 
 export function showEvents(events: ParserEvent[]): string {
-  return events.length === 0 ? '(no events)' : events.map((e, i) => `${i}: ${showEvent(e)}`).join('; ');
+  return events.length === 0
+    ? '(no events)'
+    : events.map((e, i) => `${i}: ${showEvent(e)}`).join('; ');
 }
 
 // ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@
  * luck.
  */
 
-import { type ProtocolError, type Request } from '../../src/protocol/request.js';
+import type { ProtocolError, Request } from '../../src/protocol/request.js';
 import { RequestParser, type RequestParserOptions } from '../../src/protocol/request-parser.js';
 import {
   type Expectation,
@@ -75,9 +75,10 @@ export function cutAt(input: Buffer, offsets: readonly number[], name?: string):
 /**
  * (c) Two pieces, split at every boundary i in 1..len-1. For inputs with more
  * than `maxBoundaries` boundaries, every boundary within `maxBoundaries / 4`
- * bytes of either end is kept plus evenly spaced ones in between (the
- * interesting positions of big inputs are near their ends: command lines, the
- * end of a data block); `extra` adds specific boundaries on top.
+ * bytes of either end is kept, plus evenly spaced ones in between and the
+ * ones within two bytes of each of the first 256 newlines (the interesting
+ * positions of big inputs are line ends and the ends of data blocks);
+ * `extra` adds specific boundaries on top.
  */
 export function* twoPieces(
   input: Buffer,
@@ -94,6 +95,11 @@ export function* twoPieces(
     for (let i = n - edge; i < n; i++) all.add(i);
     const middle = maxBoundaries - 2 * edge;
     for (let k = 1; k <= middle; k++) all.add(Math.floor((k * n) / (middle + 1)));
+    // Cuts right around line ends matter most: keep those of the first 256 newlines.
+    let nl = -1;
+    for (let found = 0; found < 256 && (nl = input.indexOf(0x0a, nl + 1)) >= 0; found++) {
+      for (let d = -2; d <= 2; d++) if (nl + d >= 1 && nl + d < n) all.add(nl + d);
+    }
   }
   for (const i of extra) if (i >= 1 && i < n) all.add(i);
   for (const i of [...all].sort((a, b) => a - b)) yield cutAt(input, [i], `two pieces at ${i}`);
@@ -134,7 +140,7 @@ export interface SplitOptions {
   extraBoundaries?: readonly number[];
 }
 
-/** Every strategy, in order: whole, byte by byte, two pieces, random. */
+/** Every strategy, in order: whole, byte by byte (or fixed pieces), two pieces, random. */
 export function* allSplits(input: Buffer, options: SplitOptions = {}): Generator<Split> {
   yield whole(input);
   yield options.pieceSize === undefined ? byteByByte(input) : pieces(input, options.pieceSize);
@@ -224,7 +230,10 @@ export function recordRequests(options?: RequestParserOptions): {
 }
 
 /** Push `chunks` through a fresh RequestParser and return its events. */
-export function parseRequests(chunks: readonly Buffer[], options?: RequestParserOptions): RequestEvent[] {
+export function parseRequests(
+  chunks: readonly Buffer[],
+  options?: RequestParserOptions,
+): RequestEvent[] {
   const { parser, events } = recordRequests(options);
   for (const c of chunks) parser.push(c);
   return events;

@@ -1,0 +1,1275 @@
+/**
+ * msproxy end to end: a Proxy in front of three real memcached 1.6.18 nodes
+ * with replicas 2, driven over TCP with the text protocol, and checked
+ * against a lone memcached (same bytes in, same bytes out where semantics
+ * allow) and against the nodes themselves (where each key lives).
+ */
+
+import { randomBytes } from 'node:crypto';
+import net from 'node:net';
+import { expect } from 'chai';
+import { parseConfig } from '../../src/config.js';
+import { Ring } from '../../src/routing/ring.js';
+import { memcachedVersion } from '../../src/version.js';
+import { Memcached, sleep } from '../helpers/memcached.js';
+import {
+  type Cluster,
+  MemcacheClient,
+  direct,
+  keysOn,
+  peek,
+  replyText,
+  startCluster,
+} from '../helpers/proxy.js';
+
+const CAS_SHIFT = 56n;
+const CAS_MASK = (1n << CAS_SHIFT) - 1n;
+
+/** A token as the proxy would issue it for node `node` (replicas > 1). */
+function tokenFor(node: number, cas: bigint): bigint {
+  return (BigInt(node + 1) << CAS_SHIFT) | (cas & CAS_MASK);
+}
+
+/** Cas tokens differ by design: blank them in VALUE lines and meta c flags. */
+function normCas(s: string): string {
+  return s
+    .replace(/^(VALUE \S+ \d+ \d+) \d+\r$/gm, '$1 <cas>\r')
+    .replace(/^((?:VA \d+|HD|EN|NF|NS|EX)(?: \S+)*?) c\d+/gm, '$1 c<cas>');
+}
+
+function uniq(prefix: string): string {
+  return `${prefix}:${randomBytes(5).toString('hex')}`;
+}
+
+function ringOf(c: Cluster): Ring {
+  return new Ring(c.nodes.map((n) => ({ label: `127.0.0.1:${n.port}`, weight: 1 })));
+}
+
+/** The replica nodes of a key (config indexes, primary first) and the node that is not one. */
+function placement(
+  c: Cluster,
+  key: string | Buffer,
+): { primary: number; backup: number; other: number } {
+  const order = ringOf(c).order(typeof key === 'string' ? Buffer.from(key, 'latin1') : key);
+  return { primary: order[0]!, backup: order[1]!, other: order[2]! };
+}
+
+/** Find a key (with a prefix) whose primary and backup are the given nodes. */
+function keyOn(c: Cluster, prefix: string, primary: number, backup?: number): string {
+  const ring = ringOf(c);
+  for (let i = 0; i < 100000; i++) {
+    const k = `${prefix}:${i}`;
+    const o = ring.order(Buffer.from(k));
+    if (o[0] === primary && (backup === undefined || o[1] === backup)) return k;
+  }
+  throw new Error('no such key');
+}
+
+async function until(what: string, ms: number, check: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
+    await sleep(10);
+  }
+}
+
+// --------------------------------------------------------------------------
+
+describe('proxy: classic commands answer as memcached does', function () {
+  let c: Cluster;
+  let lone: Memcached;
+  let p: MemcacheClient;
+  let d: MemcacheClient;
+
+  before(async function () {
+    [c, lone] = await Promise.all([startCluster(), Memcached.start()]);
+    [p, d] = await Promise.all([MemcacheClient.connect(c.port), direct(lone)]);
+  });
+
+  after(async function () {
+    p?.close();
+    d?.close();
+    await Promise.all([c?.stop(), lone?.kill()]);
+  });
+
+  /** Run the same bytes against the lone memcached and the proxy. */
+  async function both(script: string): Promise<[string, string]> {
+    return [await d.script(script), await p.script(script)];
+  }
+
+  it('set, add, replace, append, prepend and get', async function () {
+    const [a, b] = await both(
+      'set s:a 5 0 3\r\nabc\r\nget s:a\r\n' +
+        'add s:a 0 0 1\r\nx\r\nadd s:b 7 0 2\r\nbb\r\n' +
+        'replace s:a 9 0 2\r\nzz\r\nreplace s:none 0 0 1\r\nx\r\n' +
+        'append s:a 1 0 2\r\n12\r\nprepend s:a 2 0 2\r\n00\r\n' +
+        'append s:none 0 0 1\r\nx\r\nprepend s:none 0 0 1\r\nx\r\n' +
+        'set s:empty 0 0 0\r\n\r\nset s:bin 4294967295 0 4\r\n\x00\r\n\xff\r\n' +
+        'get s:a\r\nget s:b\r\nget s:none\r\nget s:empty s:bin\r\n',
+    );
+    expect(b).to.equal(a);
+    expect(a).to.contain('VALUE s:a 9 6\r\n00zz12\r\n');
+  });
+
+  it('multi-get with repeated keys and misses', async function () {
+    await both(
+      'set g:1 1 0 1\r\n1\r\nset g:2 2 0 1\r\n2\r\nset g:3 3 0 1\r\n3\r\nset g:4 4 0 1\r\n4\r\n',
+    );
+    const [a, b] = await both(
+      'get g:4 g:x g:1 g:2 g:1 g:y g:3 g:4 g:4\r\nget g:x g:y\r\nbget g:2 g:1\r\n',
+    );
+    expect(b).to.equal(a);
+  });
+
+  it('delete, incr, decr', async function () {
+    // Three batches: pipelining reads with writes to the same keys is the ordering suite's subject.
+    const batches = [
+      'set n:a 0 0 2\r\n10\r\nincr n:a 5\r\ndecr n:a 3\r\ndecr n:a 100\r\nincr n:a 18446744073709551615\r\n' +
+        'set n:max 0 0 20\r\n18446744073709551615\r\nincr n:max 2\r\n' +
+        'incr n:none 1\r\ndecr n:none 1\r\nset n:t 0 0 3\r\nabc\r\nincr n:t 1\r\nincr n:a abc\r\n',
+      'get n:a n:max n:t\r\n',
+      'delete n:a\r\ndelete n:a\r\ndelete n:max 0\r\ndelete n:t 5\r\n',
+      'get n:a n:max n:t\r\n',
+    ];
+    for (const script of batches) {
+      const [a, b] = await both(script);
+      expect(b, script).to.equal(a);
+    }
+  });
+
+  it('touch and gat', async function () {
+    const [a, b] = await both(
+      'set t:a 3 0 1\r\na\r\ntouch t:a 1000\r\ntouch t:none 10\r\ntouch t:a abc\r\n' +
+        'gat 1000 t:a t:none t:a\r\ngat 0 t:none\r\ngat abc t:a\r\n',
+    );
+    expect(b).to.equal(a);
+  });
+
+  it('gets, gats and cas: same shape, tokens that work', async function () {
+    await both('set cs:a 1 0 1\r\na\r\nset cs:b 2 0 1\r\nb\r\n');
+    const [a, b] = await both('gets cs:a cs:none cs:b\r\ngats 100 cs:b cs:a\r\n');
+    expect(normCas(b)).to.equal(normCas(a));
+    expect(b).to.match(/^VALUE cs:a 1 1 \d+\r\na\r\nVALUE cs:b 2 1 \d+\r\nb\r\nEND\r\n/);
+    for (const client of [d, p]) {
+      const token = /VALUE cs:a 1 1 (\d+)/.exec(await client.command('gets cs:a'))![1]!;
+      const stale = `${BigInt(token) ^ 1n}`;
+      const out = await client.script(
+        `cas cs:a 5 0 2 ${stale}\r\nxx\r\ncas cs:a 5 0 2 ${token}\r\nyy\r\ncas cs:a 5 0 2 ${token}\r\nzz\r\n` +
+          `get cs:a\r\ndelete cs:a\r\ncas cs:a 5 0 2 ${token}\r\nqq\r\n`,
+      );
+      expect(out, client === p ? 'proxy' : 'memcached').to.equal(
+        'EXISTS\r\nSTORED\r\nEXISTS\r\nVALUE cs:a 5 2\r\nyy\r\nEND\r\nDELETED\r\nNOT_FOUND\r\n',
+      );
+    }
+  });
+
+  it('errors: unknown commands, bad lines, bad data chunks, long keys', async function () {
+    const [a, b] = await both(
+      'bogus\r\nget\r\nset e:a 0 0 abc\r\nset e:a 0 0 1\r\nxyz\r\ndelete e:a 5\r\n' +
+        'incr e:a -1\r\ntouch\r\nverbosity\r\nflush_all abc\r\ncas e:a 0 0 1\r\nx\r\nset e:b 0 0 -1\r\n',
+    );
+    expect(b).to.equal(a);
+    expect(a).to.match(
+      /^ERROR\r\nERROR\r\nCLIENT_ERROR bad command line format\r\nCLIENT_ERROR bad data chunk\r\n/,
+    );
+    // A get with a key over 250 bytes comes first in its batch: memcached 1.6.18 throws away the
+    // replies it has not yet written when it fails such a get, which no proxy should imitate.
+    const long = 'k'.repeat(251);
+    const [c1, c2] = await both(
+      `get ${long}\r\nset ${long} 0 0 1\r\nx\r\nincr ${long} 1\r\ntouch ${long} 1\r\nmg ${long} v\r\n`,
+    );
+    expect(c2).to.equal(c1);
+  });
+
+  it('version answers VERSION 1.6.0-msproxy-<version>', async function () {
+    const v = await p.command('version');
+    expect(v).to.equal(`VERSION ${memcachedVersion()}\r\n`);
+    expect(v).to.match(/^VERSION 1\.6\.0-msproxy-\S+\r\n$/);
+    expect(await d.command('version')).to.match(/^VERSION 1\.6\.\d+\r\n$/);
+  });
+
+  it('stats answers STAT lines ended by END', async function () {
+    const s = await p.command('stats');
+    const lines = s.split('\r\n');
+    expect(lines.pop()).to.equal('');
+    expect(lines.pop()).to.equal('END');
+    expect(lines.length).to.be.greaterThan(5);
+    for (const l of lines) expect(l).to.match(/^STAT [a-z0-9_]+ \S+$/);
+    const names = lines.map((l) => l.split(' ')[1]);
+    for (const n of ['pid', 'uptime', 'version', 'curr_connections', 'cmd_get', 'get_hits']) {
+      expect(names).to.include(n);
+    }
+    expect(lines).to.include(`STAT version ${memcachedVersion()}`);
+  });
+
+  it('verbosity and flush_all', async function () {
+    // One step at a time: flush_all pipelined with other commands is the ordering suite's subject.
+    const steps = [
+      'set f:a 0 0 1\r\na\r\nset f:b 0 0 1\r\nb\r\n',
+      'verbosity 1\r\nverbosity 0 noreply\r\nget f:a f:b\r\n',
+      'flush_all\r\n',
+      'get f:a f:b\r\n',
+      'set f:c 0 0 1\r\nc\r\n',
+      'flush_all 0\r\n',
+      'get f:c\r\n',
+      'set f:d 0 0 1\r\nd\r\n',
+      'flush_all noreply\r\n',
+      'get f:d\r\n',
+    ];
+    let all = '';
+    for (const step of steps) {
+      const [a, b] = await both(step);
+      expect(b, step).to.equal(a);
+      all += a;
+    }
+    expect(all).to.equal(
+      'STORED\r\nSTORED\r\nOK\r\nVALUE f:a 0 1\r\na\r\nVALUE f:b 0 1\r\nb\r\nEND\r\nOK\r\nEND\r\nSTORED\r\nOK\r\nEND\r\nSTORED\r\nEND\r\n',
+    );
+    // flush_all reached every node, not only one.
+    for (const n of c.nodes)
+      expect((await keysOn(n, ['f:a', 'f:b', 'f:c', 'f:d'])).size).to.equal(0);
+  });
+});
+
+// --------------------------------------------------------------------------
+
+describe('proxy: meta commands', function () {
+  let c: Cluster;
+  let lone: Memcached;
+  let p: MemcacheClient;
+  let d: MemcacheClient;
+
+  before(async function () {
+    [c, lone] = await Promise.all([startCluster(), Memcached.start()]);
+    [p, d] = await Promise.all([MemcacheClient.connect(c.port), direct(lone)]);
+  });
+
+  after(async function () {
+    p?.close();
+    d?.close();
+    await Promise.all([c?.stop(), lone?.kill()]);
+  });
+
+  async function both(script: string): Promise<[string, string]> {
+    return [await d.script(script), await p.script(script)];
+  }
+
+  it('mg, ms, md, ma, mn with v f t k O answer as memcached does', async function () {
+    const [a, b] = await both(
+      'ms m:1 3 T0 F5\r\nabc\r\nmg m:1 v f t\r\nmg m:1 v f t k O1234\r\nmg m:1 s v\r\nmg m:none v f O2 k\r\n' +
+        'ms m:1 2 MA\r\nde\r\nms m:1 2 MP F9\r\nxy\r\nms m:1 1 ME O3 k\r\nz\r\nms m:none 1 MR k\r\nz\r\nmg m:1 v f\r\n' +
+        'ms m:2 2\r\n40\r\nma m:2\r\nma m:2 v\r\nma m:2 MD D15 v O7 k\r\nma m:2 v t\r\nma m:none O1 k\r\nma m:none N0 J9 v\r\n' +
+        'md m:2 O5 k\r\nmd m:2\r\nmg m:2 v\r\nmn\r\nms m:3 1 I\r\nx\r\nmg m:3 v\r\n',
+    );
+    expect(b).to.equal(a);
+    expect(a).to.contain('VA 3 f5 t-1\r\nabc\r\n');
+  });
+
+  it('quiet mode: q hides HD and EN, errors and values still answer, mn answers MN in order', async function () {
+    await both('ms q:a 2\r\nqa\r\n');
+    const [a, b] = await both(
+      'mg q:a v q\r\nmg q:none v q O1 k\r\nmg q:a q k O9\r\nmn\r\n' +
+        'ms q:b 2 q\r\nxy\r\nms q:b 2 q ME O4\r\nzz\r\nms q:b 2 MA q\r\n12\r\nmg q:b v q\r\nmn\r\n' +
+        'md q:b q\r\nmd q:b q O6\r\nma q:none q O8 k\r\nmg q:b v q\r\nmn\r\nmn\r\n',
+    );
+    expect(b).to.equal(a);
+    expect(b).to.equal(
+      'VA 2\r\nqa\r\nHD kq:a O9\r\nMN\r\nNS O4\r\nVA 4\r\nxy12\r\nMN\r\nNF O6\r\nNF O8 kq:none\r\nMN\r\nMN\r\n',
+    );
+  });
+
+  it('ma with q answers as memcached does (a success is silent even with v; a vivified item answers)', async function () {
+    await both('ms mq:n 1\r\n1\r\n');
+    const [a, b] = await both(
+      'ma mq:n q v\r\nma mq:n q\r\nma mq:viv q N0 J5\r\nma mq:viv2 q N0 J7 v\r\nmg mq:n v\r\nmn\r\n',
+    );
+    // memcached 1.6.18 answers "HD\r\nVA 1\r\n7\r\nVA 1\r\n3\r\n": a successful ma is silent under q
+    // even with v, and an item created by N (autovivify) is answered even under q.
+    expect(a).to.equal('HD\r\nVA 1\r\n7\r\nVA 1\r\n3\r\nMN\r\n');
+    expect(b).to.equal(a);
+  });
+
+  it('base64 keys (b): binary bytes in keys round-trip, k echoes them encoded', async function () {
+    const bin = Buffer.from([0x00, 0x01, 0x20, 0xff, 0x0d, 0x0a]).toString('base64');
+    const plain = Buffer.from('b64:plain').toString('base64');
+    const [a, b] = await both(
+      `ms ${bin} 2 b F3\r\nhi\r\nmg ${bin} b v f k\r\nmg ${bin} b k q O1\r\nma ${bin} b\r\n` +
+        `ms ${plain} 1 b\r\np\r\nmg ${plain} b v k\r\nget b64:plain\r\n` +
+        `md ${bin} b k q\r\nmg ${bin} b v k q\r\nmg ${bin} b v k\r\nmn\r\n`,
+    );
+    expect(b).to.equal(a);
+    expect(b).to.contain(`VA 2 f3 k${bin} b\r\nhi\r\n`);
+    // The binary key lives where its decoded bytes hash to.
+    const key = Buffer.from([0x00, 0x01, 0x20, 0xff, 0x0d, 0x0a]);
+    await p.command(`ms ${bin} 2 b`, 'hi');
+    const { primary, backup, other } = placement(c, key);
+    expect(await peek(c.nodes[primary]!, key)).to.include({ value: 'hi' });
+    expect(await peek(c.nodes[backup]!, key)).to.include({ value: 'hi' });
+    expect(await peek(c.nodes[other]!, key)).to.equal(null);
+  });
+
+  it('ms ... c returns a cas token that ms ... C accepts (as memcached)', async function () {
+    const k = uniq('mc');
+    for (const client of [d, p]) {
+      const r = await client.command(`ms ${k} 1 c`, 'a');
+      const token = /^HD c(\d+)\r\n$/.exec(r)?.[1];
+      expect(token, r).to.be.a('string');
+      expect(
+        await client.command(`ms ${k} 1 C${token}`, 'b'),
+        client === p ? 'proxy' : 'memcached',
+      ).to.equal('HD\r\n');
+      expect(await client.command(`mg ${k} v`)).to.equal('VA 1\r\nb\r\n');
+    }
+  });
+
+  it('mg ... c returns a token that ms/md C accept; a stale one is EX', async function () {
+    const k = uniq('mgc');
+    for (const client of [d, p]) {
+      await client.command(`ms ${k} 1`, 'a');
+      const token = /c(\d+)/.exec(await client.command(`mg ${k} c v`))![1]!;
+      const out = await client.script(
+        `ms ${k} 1 C${BigInt(token) ^ 1n} O1 k\r\nx\r\nms ${k} 1 C${token}\r\ny\r\nmg ${k} v\r\nmd ${k} C${token} O2\r\n`,
+      );
+      expect(out, client === p ? 'proxy' : 'memcached').to.equal(
+        `EX O1 k${k}\r\nHD\r\nVA 1\r\ny\r\nEX O2\r\n`,
+      );
+    }
+  });
+
+  it('an EX for a token from another node still echoes O and k', async function () {
+    const k = uniq('exo');
+    await p.command(`ms ${k} 1`, 'a');
+    const token = BigInt(/c(\d+)/.exec(await p.command(`mg ${k} c`))![1]!);
+    const { other } = placement(c, k);
+    const foreign = tokenFor(other, token);
+    const out = await p.script(
+      `ms ${k} 1 C${foreign} O12 k\r\nx\r\nmd ${k} C${foreign} O5 k\r\nma ${k} C${foreign} O3 k\r\n`,
+    );
+    // memcached answers a cas mismatch with the opaque and key echoed: "EX O12 k<key>".
+    expect(out).to.equal(`EX O12 k${k}\r\nEX O5 k${k}\r\nEX O3 k${k}\r\n`);
+    expect(await p.command(`mg ${k} v`)).to.equal('VA 1\r\na\r\n');
+  });
+});
+
+// --------------------------------------------------------------------------
+
+describe('proxy: noreply', function () {
+  let c: Cluster;
+  let lone: Memcached;
+  let p: MemcacheClient;
+
+  before(async function () {
+    [c, lone] = await Promise.all([startCluster(), Memcached.start()]);
+    p = await MemcacheClient.connect(c.port);
+  });
+
+  after(async function () {
+    p?.close();
+    await Promise.all([c?.stop(), lone?.kill()]);
+  });
+
+  it('no reply to any noreply command, yet every write happened on both replicas', async function () {
+    expect(await p.command('set nr:a 0 0 1', '1')).to.equal('STORED\r\n');
+    const token = /VALUE nr:a 0 1 (\d+)/.exec(await p.command('gets nr:a'))![1]!;
+    p.send(
+      'set nr:b 1 0 2 noreply\r\nbb\r\n' +
+        'add nr:c 2 0 2 noreply\r\ncc\r\n' +
+        'add nr:a 0 0 1 noreply\r\nX\r\n' +
+        'replace nr:b 3 0 3 noreply\r\nbbb\r\n' +
+        'append nr:b 0 0 1 noreply\r\n+\r\n' +
+        'prepend nr:b 0 0 1 noreply\r\n-\r\n' +
+        `cas nr:a 4 0 2 ${token} noreply\r\naa\r\n` +
+        'set nr:n 0 0 2 noreply\r\n10\r\n' +
+        'incr nr:n 5 noreply\r\n' +
+        'decr nr:n 2 noreply\r\n' +
+        'set nr:t 0 2 1 noreply\r\nt\r\n' +
+        'touch nr:t 1000 noreply\r\n' +
+        'delete nr:c noreply\r\n' +
+        'incr nr:b 1 noreply\r\n' +
+        'verbosity 1 noreply\r\n',
+    );
+    await p.expectSilence(300);
+    expect(await p.command('get nr:a nr:b nr:c nr:n nr:t')).to.equal(
+      'VALUE nr:a 4 2\r\naa\r\nVALUE nr:b 3 5\r\n-bbb+\r\nVALUE nr:n 0 2\r\n13\r\nVALUE nr:t 0 1\r\nt\r\nEND\r\n',
+    );
+    const want: Record<string, string | null> = {
+      'nr:a': 'aa',
+      'nr:b': '-bbb+',
+      'nr:c': null,
+      'nr:n': '13',
+      'nr:t': 't',
+    };
+    for (const [k, v] of Object.entries(want)) {
+      const { primary, backup } = placement(c, k);
+      for (const n of [primary, backup]) {
+        const item = await peek(c.nodes[n]!, k);
+        expect(item?.value ?? null, `${k} on node ${n}`).to.equal(v);
+        if (k === 'nr:t')
+          expect(item!.ttl, 'touch noreply reached the replica').to.be.greaterThan(100);
+      }
+    }
+  });
+
+  it('later replies stay in order around noreply commands', async function () {
+    const out = await p.script(
+      'set nr:o 0 0 1 noreply\r\n1\r\nget nr:o\r\nincr nr:o 5 noreply\r\nget nr:o\r\n' +
+        'delete nr:o noreply\r\nget nr:o\r\nadd nr:o 0 0 1 noreply\r\n9\r\nincr nr:o 1\r\n',
+    );
+    expect(out).to.equal(
+      'VALUE nr:o 0 1\r\n1\r\nEND\r\nVALUE nr:o 0 1\r\n6\r\nEND\r\nEND\r\n10\r\n',
+    );
+  });
+
+  it('noreply errors are as silent (or not) as memcached makes them', async function () {
+    const script =
+      'incr nre:x 1 noreply\r\nset nre:x 0 0 1 noreply\r\na\r\nincr nre:x 1 noreply\r\n' +
+      'set nre:y 0 0 abc noreply\r\nset nre:z 0 0 1 noreply\r\nabc\r\ndelete nre:x 0 noreply\r\n' +
+      'touch nre:x abc noreply\r\nget nre:x nre:z\r\n';
+    const d = await direct(lone);
+    try {
+      expect(await p.script(script)).to.equal(await d.script(script));
+    } finally {
+      d.close();
+    }
+  });
+
+  it('flush_all noreply empties every node without answering', async function () {
+    await p.command('set nr:f 0 0 1', 'f');
+    p.send('flush_all noreply\r\n');
+    await p.expectSilence(150);
+    expect(await p.command('get nr:f nr:a')).to.equal('END\r\n');
+    for (const n of c.nodes) expect(await peek(n, 'nr:f')).to.equal(null);
+  });
+});
+
+// --------------------------------------------------------------------------
+
+describe('proxy: replication', function () {
+  let c: Cluster;
+  let p: MemcacheClient;
+
+  before(async function () {
+    c = await startCluster();
+    p = await MemcacheClient.connect(c.port);
+  });
+
+  after(async function () {
+    p?.close();
+    await c?.stop();
+  });
+
+  it('200 random keys each live on exactly the 2 nodes Ring.order names; delete removes both', async function () {
+    const keys = Array.from({ length: 200 }, () => `r:${randomBytes(8).toString('base64url')}`);
+    const replies = await p.pipeline(
+      keys.map((k) => [`set ${k} 0 0 ${k.length}`, k] as [string, string]),
+    );
+    expect(new Set(replies)).to.deep.equal(new Set(['STORED\r\n']));
+    const held = await Promise.all(c.nodes.map((n) => keysOn(n, keys)));
+    const ring = ringOf(c);
+    const perNode = [0, 0, 0];
+    for (const k of keys) {
+      const where = held.map((m, i) => (m.get(k) === k ? i : -1)).filter((i) => i >= 0);
+      const want = Array.from(ring.order(Buffer.from(k)).slice(0, 2)).sort();
+      expect(where, k).to.deep.equal(want);
+      for (const i of where) perNode[i]!++;
+    }
+    for (const n of perNode) expect(n, 'every node holds a share').to.be.greaterThan(60);
+    const deleted = await p.pipeline(keys.map((k) => `delete ${k}`));
+    expect(new Set(deleted)).to.deep.equal(new Set(['DELETED\r\n']));
+    const after = await Promise.all(c.nodes.map((n) => keysOn(n, keys)));
+    expect(after.map((m) => m.size)).to.deep.equal([0, 0, 0]);
+  });
+
+  it('set carries flags and TTL to both replicas', async function () {
+    const k = uniq('rt');
+    expect(await p.command(`set ${k} 4242 500 5`, 'hello')).to.equal('STORED\r\n');
+    const { primary, backup, other } = placement(c, k);
+    for (const n of [primary, backup]) {
+      const item = await peek(c.nodes[n]!, k);
+      expect(item).to.include({ value: 'hello', flags: 4242 });
+      expect(item!.ttl).to.be.within(495, 500);
+    }
+    expect(await peek(c.nodes[other]!, k)).to.equal(null);
+  });
+
+  it('touch, gat and gats give both replicas the new TTL', async function () {
+    // touch is a plain write (every replica); gat/gats touch too, so a failover must not
+    // find the backup's copy expiring on the old TTL.
+    const keys = { touch: uniq('tt'), gat: uniq('tg'), gats: uniq('ts') };
+    for (const k of Object.values(keys))
+      expect(await p.command(`set ${k} 0 30 1`, 'x')).to.equal('STORED\r\n');
+    expect(await p.command(`touch ${keys.touch} 1000`)).to.equal('TOUCHED\r\n');
+    expect(await p.command(`gat 1000 ${keys.gat}`)).to.equal(
+      `VALUE ${keys.gat} 0 1\r\nx\r\nEND\r\n`,
+    );
+    expect(await p.command(`gats 1000 ${keys.gats}`)).to.match(
+      /^VALUE \S+ 0 1 \d+\r\nx\r\nEND\r\n$/,
+    );
+    const ttls: Record<string, number[]> = {};
+    for (const [cmd, k] of Object.entries(keys)) {
+      const { primary, backup } = placement(c, k);
+      ttls[cmd] = await Promise.all(
+        [primary, backup].map(async (n) => (await peek(c.nodes[n]!, k))!.ttl),
+      );
+    }
+    for (const [cmd, [onPrimary, onBackup]] of Object.entries(ttls)) {
+      expect(onPrimary, `${cmd}: primary`).to.be.within(995, 1000);
+      expect(onBackup, `${cmd}: backup`).to.be.within(995, 1000);
+    }
+  });
+
+  it('keys such as __proto__, constructor, a 250-byte key and non-UTF-8 bytes land on their ring nodes', async function () {
+    const keys = ['__proto__', 'constructor', 'hasOwnProperty', 'x'.repeat(250), '\xff\xfe\x80'];
+    for (const k of keys) {
+      expect(await p.command(`set ${k} 3 0 2`, 'ok'), k).to.equal('STORED\r\n');
+      expect(await p.command(`get ${k}`), k).to.equal(`VALUE ${k} 3 2\r\nok\r\nEND\r\n`);
+      const { primary, backup, other } = placement(c, Buffer.from(k, 'latin1'));
+      expect(await peek(c.nodes[primary]!, Buffer.from(k, 'latin1')), k).to.include({
+        value: 'ok',
+      });
+      expect(await peek(c.nodes[backup]!, Buffer.from(k, 'latin1')), k).to.include({ value: 'ok' });
+      expect(await peek(c.nodes[other]!, Buffer.from(k, 'latin1')), k).to.equal(null);
+    }
+    expect(Object.getPrototypeOf({})).to.equal(Object.prototype);
+  });
+});
+
+// --------------------------------------------------------------------------
+
+describe('proxy: conditional writes replicate the resulting item', function () {
+  let c: Cluster;
+  let p: MemcacheClient;
+
+  before(async function () {
+    c = await startCluster();
+    p = await MemcacheClient.connect(c.port);
+  });
+
+  after(async function () {
+    p?.close();
+    await c?.stop();
+  });
+
+  /**
+   * Both replicas hold the same bytes and flags, equal to `value` (after trimming the space
+   * padding memcached leaves when decr shortens a number); the third node holds nothing.
+   */
+  async function replicas(k: string, value: string | null, flags = 0): Promise<void> {
+    const { primary, backup, other } = placement(c, k);
+    const items = await Promise.all([primary, backup].map((n) => peek(c.nodes[n]!, k)));
+    if (value === null) {
+      expect(items, k).to.deep.equal([null, null]);
+    } else {
+      expect(items[1], `${k}: backup equals primary`).to.deep.equal(items[0]);
+      expect(items[0]?.value.trimEnd(), k).to.equal(value);
+      expect(items[0]?.flags, k).to.equal(flags);
+    }
+    expect(await peek(c.nodes[other]!, k), `${k} on the non-replica`).to.equal(null);
+  }
+
+  /** Write straight to the backup, so a replica write from the proxy would show. */
+  async function markBackup(k: string, value: string): Promise<void> {
+    const b = await direct(c.nodes[placement(c, k).backup]!);
+    try {
+      expect(await b.command(`set ${k} 77 0 ${value.length}`, value)).to.equal('STORED\r\n');
+    } finally {
+      b.close();
+    }
+  }
+
+  async function onBackup(k: string): Promise<string | null> {
+    return (await peek(c.nodes[placement(c, k).backup]!, k))?.value ?? null;
+  }
+
+  it('add, replace, append, prepend', async function () {
+    const k = uniq('cw');
+    expect(await p.command(`add ${k} 3 0 2`, 'v1')).to.equal('STORED\r\n');
+    await replicas(k, 'v1', 3);
+    expect(await p.command(`replace ${k} 9 0 2`, 'v2')).to.equal('STORED\r\n');
+    await replicas(k, 'v2', 9);
+    expect(await p.command(`append ${k} 0 0 2`, '>>')).to.equal('STORED\r\n');
+    await replicas(k, 'v2>>', 9);
+    expect(await p.command(`prepend ${k} 0 0 2`, '<<')).to.equal('STORED\r\n');
+    await replicas(k, '<<v2>>', 9);
+  });
+
+  it('incr and decr', async function () {
+    const k = uniq('cn');
+    expect(await p.command(`set ${k} 7 0 2`, '10')).to.equal('STORED\r\n');
+    expect(await p.command(`incr ${k} 95`)).to.equal('105\r\n');
+    await replicas(k, '105', 7);
+    expect(await p.command(`decr ${k} 100`)).to.equal('5\r\n');
+    await replicas(k, '5', 7);
+    expect(await p.command(`decr ${k} 100`)).to.equal('0\r\n');
+    await replicas(k, '0', 7);
+  });
+
+  it('cas', async function () {
+    const k = uniq('cc');
+    await p.command(`set ${k} 1 0 3`, 'old');
+    const token = /VALUE \S+ 1 3 (\d+)/.exec(await p.command(`gets ${k}`))![1]!;
+    expect(await p.command(`cas ${k} 8 0 3 ${token}`, 'new')).to.equal('STORED\r\n');
+    await replicas(k, 'new', 8);
+  });
+
+  it('the remaining TTL goes with the copied item', async function () {
+    const k = uniq('ct');
+    expect(await p.command(`add ${k} 5 300 1`, 'a')).to.equal('STORED\r\n');
+    expect(await p.command(`append ${k} 0 0 1`, 'b')).to.equal('STORED\r\n');
+    const { primary, backup } = placement(c, k);
+    for (const n of [primary, backup]) {
+      const item = await peek(c.nodes[n]!, k);
+      expect(item).to.include({ value: 'ab', flags: 5 });
+      expect(item!.ttl, `ttl on node ${n}`).to.be.within(295, 300);
+    }
+  });
+
+  it('conditional meta commands: ms ME/MA/MP/MR, ma, ms C, md C', async function () {
+    const k = uniq('cm');
+    expect(await p.command(`ms ${k} 2 ME F4`, 'ab')).to.equal('HD\r\n');
+    await replicas(k, 'ab', 4);
+    expect(await p.command(`ms ${k} 2 MA`, 'cd')).to.equal('HD\r\n');
+    expect(await p.command(`ms ${k} 2 MP`, 'zz')).to.equal('HD\r\n');
+    await replicas(k, 'zzabcd', 4);
+    expect(await p.command(`ms ${k} 2 MR F6`, '41')).to.equal('HD\r\n');
+    await replicas(k, '41', 6);
+    expect(await p.command(`ma ${k} D9 v`)).to.equal('VA 2\r\n50\r\n');
+    await replicas(k, '50', 6);
+    const token = /c(\d+)/.exec(await p.command(`mg ${k} c`))![1]!;
+    expect(await p.command(`ms ${k} 3 C${token} F2`, 'cas')).to.equal('HD\r\n');
+    await replicas(k, 'cas', 2);
+    const token2 = /c(\d+)/.exec(await p.command(`mg ${k} c`))![1]!;
+    expect(await p.command(`md ${k} C${token2}`)).to.equal('HD\r\n');
+    await replicas(k, null);
+  });
+
+  it('NOT_STORED, EXISTS and NOT_FOUND change nothing on the replicas', async function () {
+    // add on an existing key
+    const a = uniq('nx');
+    await p.command(`set ${a} 0 0 2`, 'v1');
+    await markBackup(a, 'marker');
+    expect(await p.command(`add ${a} 0 0 1`, 'x')).to.equal('NOT_STORED\r\n');
+    expect(await p.command(`ms ${a} 1 ME`, 'x')).to.equal('NS\r\n');
+    expect(await onBackup(a)).to.equal('marker');
+
+    // replace, append, prepend, incr, decr on a key the primary does not have
+    const m = uniq('nm');
+    await markBackup(m, '55');
+    expect(await p.command(`replace ${m} 0 0 1`, 'x')).to.equal('NOT_STORED\r\n');
+    expect(await p.command(`append ${m} 0 0 1`, 'x')).to.equal('NOT_STORED\r\n');
+    expect(await p.command(`prepend ${m} 0 0 1`, 'x')).to.equal('NOT_STORED\r\n');
+    expect(await p.command(`incr ${m} 1`)).to.equal('NOT_FOUND\r\n');
+    expect(await p.command(`decr ${m} 1`)).to.equal('NOT_FOUND\r\n');
+    expect(await p.command(`ma ${m}`)).to.equal('NF\r\n');
+    expect(await p.command(`ms ${m} 1 MR`, 'x')).to.equal('NS\r\n');
+    expect(await onBackup(m)).to.equal('55');
+    expect(await peek(c.nodes[placement(c, m).primary]!, m)).to.equal(null);
+
+    // cas with a stale token, and on a key the primary lost
+    const s = uniq('ns');
+    await p.command(`set ${s} 0 0 2`, 'v1');
+    const token = /VALUE \S+ 0 2 (\d+)/.exec(await p.command(`gets ${s}`))![1]!;
+    await p.command(`set ${s} 0 0 2`, 'v2');
+    await markBackup(s, 'marker');
+    expect(await p.command(`cas ${s} 0 0 1 ${token}`, 'x')).to.equal('EXISTS\r\n');
+    expect(await p.command(`ms ${s} 1 C${token}`, 'x')).to.equal('EX\r\n');
+    expect(await onBackup(s)).to.equal('marker');
+    const pr = await direct(c.nodes[placement(c, s).primary]!);
+    await pr.command(`delete ${s}`);
+    pr.close();
+    expect(await p.command(`cas ${s} 0 0 1 ${token}`, 'x')).to.equal('NOT_FOUND\r\n');
+    expect(await onBackup(s)).to.equal('marker');
+  });
+});
+
+// --------------------------------------------------------------------------
+
+describe("proxy: one client's pipelined commands take effect in order", function () {
+  let c: Cluster;
+  let lone: Memcached;
+  let p: MemcacheClient;
+
+  before(async function () {
+    [c, lone] = await Promise.all([startCluster(), Memcached.start()]);
+    p = await MemcacheClient.connect(c.port);
+  });
+
+  after(async function () {
+    p?.close();
+    await Promise.all([c?.stop(), lone?.kill()]);
+  });
+
+  async function replicasOf(k: string): Promise<(string | null)[]> {
+    const { primary, backup } = placement(c, k);
+    return Promise.all(
+      [primary, backup].map(async (n) => (await peek(c.nodes[n]!, k))?.value ?? null),
+    );
+  }
+
+  it('a get that misses does not see a set pipelined after it', async function () {
+    const k = uniq('og');
+    const m = uniq('om');
+    const script = `get ${k}\r\nset ${k} 0 0 1\r\nx\r\nmg ${m} v\r\nms ${m} 1\r\ny\r\n`;
+    const d = await direct(lone);
+    const want = await d.script(script);
+    d.close();
+    expect(want).to.equal('END\r\nSTORED\r\nEN\r\nHD\r\n');
+    expect(await p.script(script)).to.equal(want);
+  });
+
+  it('a write pipelined after a conditional one is not overtaken by its copy on the backup', async function () {
+    // memcached applies one connection's commands in order: the key ends deleted / holding 9.
+    const del = uniq('po');
+    const set = uniq('ps');
+    const out = await p.script(
+      `set ${del} 0 0 1\r\n1\r\nincr ${del} 1\r\ndelete ${del}\r\n` +
+        `set ${set} 0 0 1\r\n5\r\nincr ${set} 1\r\nset ${set} 0 0 1\r\n9\r\n`,
+    );
+    expect(out).to.equal('STORED\r\n2\r\nDELETED\r\nSTORED\r\n6\r\nSTORED\r\n');
+    await sleep(50);
+    expect(await replicasOf(del), `${del} on primary and backup`).to.deep.equal([null, null]);
+    expect(await replicasOf(set), `${set} on primary and backup`).to.deep.equal(['9', '9']);
+    expect(await p.command(`get ${del} ${set}`)).to.equal(`VALUE ${set} 0 1\r\n9\r\nEND\r\n`);
+  });
+
+  it('a multi-get is not overtaken by a delete pipelined after it to one of its other keys', async function () {
+    // White box: the router spreads a node's requests over its connections by FNV-1a of the
+    // key (router.ts lane()) and sends a multi-get on its first key's lane. Keys a and b share
+    // a primary but not a lane, so "get a b" and "delete b" travel on different connections.
+    // The 100 gets queued before it on a's connection make memcached (20 requests per event)
+    // turn to the other connection, and run the delete, first. A race: 40 rounds.
+    const lane = (key: string): number => {
+      let h = 0x811c9dc5;
+      for (const ch of Buffer.from(key)) h = Math.imul(h ^ ch, 0x01000193);
+      return (h >>> 0) % c.config.backend.connections;
+    };
+    const wrong: string[] = [];
+    for (let t = 0; t < 40; t++) {
+      const a = keyOn(c, `ol${t}a`, 0);
+      let b = '';
+      for (let i = 0; b === ''; i++) {
+        const k = keyOn(c, `ol${t}b${i}`, 0);
+        if (lane(k) !== lane(a)) b = k;
+      }
+      await p.command(`set ${a} 0 0 1`, 'a');
+      await p.command(`set ${b} 0 0 1`, 'b');
+      const out = await p.script(`get ${a}\r\n`.repeat(100) + `get ${a} ${b}\r\ndelete ${b}\r\n`);
+      const one = `VALUE ${a} 0 1\r\na\r\n`;
+      const want = `${one}END\r\n`.repeat(100) + `${one}VALUE ${b} 0 1\r\nb\r\nEND\r\nDELETED\r\n`;
+      if (out !== want) wrong.push(`${a} ${b}: ${JSON.stringify(out.slice(-80))}`);
+    }
+    expect(wrong, wrong.slice(0, 3).join('\n')).to.deep.equal([]);
+  });
+
+  it('flush_all is ordered with the keyed commands around it', async function () {
+    // Repeated, as which backend connection runs first is a race. Nothing is pipelined after
+    // the get, so this does not depend on the get-miss case above.
+    const wrong: string[] = [];
+    const keys: string[] = [];
+    for (let i = 0; i < 30; i++) {
+      const k = `of:${i}`;
+      keys.push(k);
+      const out = await p.script(`set ${k} 0 0 1\r\na\r\nflush_all\r\nget ${k}\r\n`);
+      if (out !== 'STORED\r\nOK\r\nEND\r\n') wrong.push(`${k}: ${JSON.stringify(out)}`);
+    }
+    await sleep(50);
+    const left = await Promise.all(
+      c.nodes.map(async (n, i) =>
+        [...(await keysOn(n, keys)).keys()].map((k) => `${k} on node ${i}`),
+      ),
+    );
+    expect(left.flat(), 'flushed keys still on a node').to.deep.equal([]);
+    expect(wrong, wrong.slice(0, 3).join('\n')).to.deep.equal([]);
+  });
+});
+
+describe('proxy: multi-get across nodes', function () {
+  let c: Cluster;
+  let p: MemcacheClient;
+
+  before(async function () {
+    c = await startCluster();
+    p = await MemcacheClient.connect(c.port);
+  });
+
+  after(async function () {
+    p?.close();
+    await c?.stop();
+  });
+
+  it('merges replies from every node in the client key order, with repeats and misses', async function () {
+    // Two keys per primary node, so the request really is split three ways.
+    const keys = [0, 1, 2].flatMap((n) => [keyOn(c, `mg${n}a`, n), keyOn(c, `mg${n}b`, n)]);
+    for (const [i, k] of keys.entries()) await p.command(`set ${k} ${i} 0 ${k.length}`, k);
+    const ask = [
+      keys[5]!,
+      'mg:miss1',
+      keys[0]!,
+      keys[2]!,
+      keys[0]!,
+      keys[4]!,
+      'mg:miss2',
+      keys[1]!,
+      keys[3]!,
+      keys[5]!,
+      keys[5]!,
+    ];
+    const want =
+      ask
+        .filter((k) => keys.includes(k))
+        .map((k) => `VALUE ${k} ${keys.indexOf(k)} ${k.length}\r\n${k}\r\n`)
+        .join('') + 'END\r\n';
+    expect(await p.command(`get ${ask.join(' ')}`)).to.equal(want);
+    const gets = await p.command(`gets ${ask.join(' ')}`);
+    expect(normCas(gets)).to.equal(want.replace(/^(VALUE \S+ \d+ \d+)\r$/gm, '$1 <cas>\r'));
+    // gets tokens carry the node that issued each value.
+    for (const m of gets.matchAll(/^VALUE (\S+) \d+ \d+ (\d+)\r$/gm)) {
+      expect(Number(BigInt(m[2]!) >> CAS_SHIFT) - 1, m[1]).to.equal(placement(c, m[1]!).primary);
+    }
+    expect(await p.command('get mg:miss1 mg:miss2 mg:miss1')).to.equal('END\r\n');
+  });
+});
+
+// --------------------------------------------------------------------------
+
+describe('proxy: pipelining', function () {
+  let c: Cluster;
+
+  before(async function () {
+    c = await startCluster();
+  });
+
+  after(async function () {
+    await c?.stop();
+  });
+
+  async function pipelined(ops: number, withIncr: boolean): Promise<void> {
+    const run = async (id: number): Promise<void> => {
+      const client = await MemcacheClient.connect(c.port);
+      try {
+        const model = new Map<string, string>();
+        const cmds: (string | [string, string])[] = [];
+        const want: string[] = [];
+        let seed = id * 7919 + 1;
+        const rnd = (n: number): number => {
+          seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+          return seed % n;
+        };
+        for (let j = 0; j < 500; j++) {
+          const k = `pl${id}:${rnd(25)}`;
+          const op = rnd(withIncr ? 4 : 3);
+          const cur = model.get(k);
+          if (op === 0) {
+            const v = rnd(2) === 0 ? String(rnd(1000)) : `v${id}.${j}`;
+            cmds.push([`set ${k} 0 0 ${v.length}`, v]);
+            want.push('STORED\r\n');
+            model.set(k, v);
+          } else if (op === 1) {
+            cmds.push(`get ${k}`);
+            want.push(
+              cur === undefined ? 'END\r\n' : `VALUE ${k} 0 ${cur.length}\r\n${cur}\r\nEND\r\n`,
+            );
+          } else if (op === 2) {
+            cmds.push(`delete ${k}`);
+            want.push(cur === undefined ? 'NOT_FOUND\r\n' : 'DELETED\r\n');
+            model.delete(k);
+          } else {
+            cmds.push(`incr ${k} 3`);
+            if (cur === undefined) want.push('NOT_FOUND\r\n');
+            else if (!/^\d+$/.test(cur))
+              want.push('CLIENT_ERROR cannot increment or decrement non-numeric value\r\n');
+            else {
+              const v = String(BigInt(cur) + 3n);
+              want.push(`${v}\r\n`);
+              model.set(k, v);
+            }
+          }
+        }
+        const got = await client.pipeline(cmds);
+        for (let j = 0; j < want.length; j++) {
+          if (got[j] !== want[j]) {
+            expect(got[j], `client ${id} reply ${j} to ${JSON.stringify(cmds[j])}`).to.equal(
+              want[j],
+            );
+          }
+        }
+      } finally {
+        client.close();
+      }
+    };
+    await Promise.all(Array.from({ length: 20 }, (_, i) => run(i + ops * 100)));
+  }
+
+  it('20 clients each pipelining 500 mixed commands (set/get/delete/incr) get every reply in order', async function () {
+    await pipelined(4, true);
+  });
+
+  it('20 clients each pipelining 500 plain commands (set/get/delete) get every reply in order', async function () {
+    await pipelined(3, false);
+  });
+});
+
+// --------------------------------------------------------------------------
+
+describe('proxy: client connections', function () {
+  let c: Cluster;
+  let lone: Memcached;
+
+  before(async function () {
+    [c, lone] = await Promise.all([startCluster(), Memcached.start()]);
+  });
+
+  after(async function () {
+    await Promise.all([c?.stop(), lone?.kill()]);
+  });
+
+  it('a client that disconnects mid-request does not disturb another', async function () {
+    const other = await MemcacheClient.connect(c.port);
+    await other.command('set dc:k 0 0 3', 'old');
+    const pending = other.pipeline(
+      Array.from(
+        { length: 50 },
+        (_, i) => [`set dc:o${i} 0 0 1`, String(i % 10)] as [string, string],
+      ),
+    );
+    for (let i = 0; i < 5; i++) {
+      const quitter = await MemcacheClient.connect(c.port);
+      quitter.send('get dc:k\r\nset dc:k 0 0 10\r\nabc');
+      await sleep(5);
+      quitter.close();
+    }
+    expect(new Set(await pending)).to.deep.equal(new Set(['STORED\r\n']));
+    expect(await other.command('get dc:k dc:o7')).to.equal(
+      'VALUE dc:k 0 3\r\nold\r\nVALUE dc:o7 0 1\r\n7\r\nEND\r\n',
+    );
+    const { primary, backup } = placement(c, 'dc:k');
+    for (const n of [primary, backup])
+      expect(await peek(c.nodes[n]!, 'dc:k')).to.include({ value: 'old' });
+    other.close();
+  });
+
+  it('quit closes the connection after the earlier replies, as memcached does', async function () {
+    const script = 'set q:a 0 0 1\r\n1\r\nget q:a\r\nquit\r\nget q:a\r\n';
+    const run = (port: number): Promise<string> =>
+      new Promise<string>((resolve, reject) => {
+        let out = '';
+        const s = net.connect(port, '127.0.0.1', () => s.write(script));
+        const timer = setTimeout(() => {
+          s.destroy();
+          reject(new Error(`port ${port}: connection not closed; got ${JSON.stringify(out)}`));
+        }, 2000);
+        s.on('data', (b: Buffer) => (out += b.toString('latin1')));
+        s.on('close', () => {
+          clearTimeout(timer);
+          resolve(out);
+        });
+        s.on('error', reject);
+      });
+    const [a, b] = [await run(lone.port), await run(c.port)];
+    expect(a).to.equal('STORED\r\nVALUE q:a 0 1\r\n1\r\nEND\r\n');
+    expect(b).to.equal(a);
+  });
+
+  it('a client that half-closes after a slow request still gets the reply', async function () {
+    const k = keyOn(c, 'hc', 0);
+    const setup = await MemcacheClient.connect(c.port);
+    await setup.command(`set ${k} 0 0 2`, 'hc');
+    setup.close();
+    c.nodes[0]!.pause(); // the primary: the read fails over after the request timeout
+    try {
+      const cl = await MemcacheClient.connect(c.port);
+      const reply = cl.request(`get ${k}`);
+      cl.end();
+      expect(replyText(await reply)).to.equal(`VALUE ${k} 0 2\r\nhc\r\nEND\r\n`);
+      await cl.waitClose();
+    } finally {
+      c.nodes[0]!.resume();
+    }
+  });
+});
+
+// --------------------------------------------------------------------------
+
+describe('failover: a primary killed with SIGKILL', function () {
+  let c: Cluster;
+  let p: MemcacheClient;
+
+  before(async function () {
+    c = await startCluster();
+    p = await MemcacheClient.connect(c.port);
+  });
+
+  after(async function () {
+    p?.close();
+    await c?.stop();
+  });
+
+  it('its keys are still read, written and cas-ed through the proxy', async function () {
+    const keys = Array.from({ length: 10 }, (_, i) => keyOn(c, `kp${i}`, 1));
+    for (const k of keys) expect(await p.command(`set ${k} 2 0 2`, 'v1')).to.equal('STORED\r\n');
+    await c.kill(1);
+    const k = keys[0]!;
+    expect(await p.command(`get ${k}`)).to.equal(`VALUE ${k} 2 2\r\nv1\r\nEND\r\n`);
+    expect(await p.command(`get ${keys.join(' ')}`)).to.equal(
+      keys.map((x) => `VALUE ${x} 2 2\r\nv1\r\n`).join('') + 'END\r\n',
+    );
+    expect(await p.command(`set ${k} 3 0 2`, 'v2')).to.equal('STORED\r\n');
+    expect(await p.command(`get ${k}`)).to.equal(`VALUE ${k} 3 2\r\nv2\r\nEND\r\n`);
+    const gets = await p.command(`gets ${k}`);
+    const token = /^VALUE \S+ 3 2 (\d+)\r\n/.exec(gets)?.[1];
+    expect(token, gets).to.be.a('string');
+    expect(await p.command(`cas ${k} 4 0 2 ${token}`, 'v3')).to.equal('STORED\r\n');
+    expect(await p.command(`cas ${k} 4 0 2 ${token}`, 'v4')).to.equal('EXISTS\r\n');
+    expect(await p.command(`mg ${k} v f`)).to.equal('VA 2 f4\r\nv3\r\n');
+    const { backup } = placement(c, k);
+    expect(await peek(c.nodes[backup]!, k)).to.include({ value: 'v3', flags: 4 });
+  });
+
+  it('every kind of write succeeds while the node is down', async function () {
+    await c.waitNode(1, false);
+    const k = keyOn(c, 'kw', 1);
+    const out = await p.script(
+      `set ${k} 0 0 1\r\n5\r\nadd ${k} 0 0 1\r\nx\r\nreplace ${k} 0 0 2\r\n10\r\nincr ${k} 5\r\ndecr ${k} 1\r\n` +
+        `append ${k} 0 0 1\r\n0\r\nprepend ${k} 0 0 1\r\n1\r\ntouch ${k} 100\r\nget ${k}\r\ndelete ${k}\r\nadd ${k} 0 0 1\r\nz\r\n` +
+        `ms ${k} 1 MA\r\ny\r\nma ${k} N0 J1\r\nmd ${k}\r\nget ${k}\r\n`,
+    );
+    expect(out).to.equal(
+      `STORED\r\nNOT_STORED\r\nSTORED\r\n15\r\n14\r\nSTORED\r\nSTORED\r\nTOUCHED\r\nVALUE ${k} 0 4\r\n1140\r\nEND\r\n` +
+        'DELETED\r\nSTORED\r\nHD\r\nCLIENT_ERROR cannot increment or decrement non-numeric value\r\nHD\r\nEND\r\n',
+    );
+  });
+});
+
+describe('failover: a node restarted empty on the same port', function () {
+  let c: Cluster;
+  let p: MemcacheClient;
+
+  before(async function () {
+    c = await startCluster();
+    p = await MemcacheClient.connect(c.port);
+  });
+
+  after(async function () {
+    p?.close();
+    await c?.stop();
+  });
+
+  it('reads still return every key and repair the restarted primary', async function () {
+    const keys = Array.from({ length: 120 }, (_, i) => `rr:${i}`);
+    const replies = await p.pipeline(
+      keys.map((k) => [`set ${k} 6 0 ${k.length}`, k] as [string, string]),
+    );
+    expect(new Set(replies)).to.deep.equal(new Set(['STORED\r\n']));
+    await c.restart(2);
+    await c.waitNode(2, true);
+    expect((await keysOn(c.nodes[2]!, keys)).size, 'the restarted node is empty').to.equal(0);
+    // get for half the keys, mg for the other half: both read paths repair.
+    const got = await p.pipeline(keys.map((k, i) => (i % 2 === 0 ? `get ${k}` : `mg ${k} v f`)));
+    keys.forEach((k, i) => {
+      expect(got[i], k).to.equal(
+        i % 2 === 0
+          ? `VALUE ${k} 6 ${k.length}\r\n${k}\r\nEND\r\n`
+          : `VA ${k.length} f6\r\n${k}\r\n`,
+      );
+    });
+    const primaryHere = keys.filter((k) => placement(c, k).primary === 2);
+    expect(primaryHere.length).to.be.greaterThan(10);
+    await until('read repair of the restarted primary', 2000, async () => {
+      const held = await keysOn(c.nodes[2]!, primaryHere);
+      return primaryHere.every((k) => held.get(k) === k);
+    });
+    for (const k of primaryHere.slice(0, 5))
+      expect(await peek(c.nodes[2]!, k)).to.deep.include({ value: k, flags: 6 });
+    // A multi-get of everything still answers every key.
+    expect(await p.command(`get ${keys.join(' ')}`)).to.equal(
+      keys.map((k) => `VALUE ${k} 6 ${k.length}\r\n${k}\r\n`).join('') + 'END\r\n',
+    );
+  });
+});
+
+describe('failover: a session lock taken with add', function () {
+  let c: Cluster;
+  let p: MemcacheClient;
+
+  before(async function () {
+    c = await startCluster();
+    p = await MemcacheClient.connect(c.port);
+  });
+
+  after(async function () {
+    p?.close();
+    await c?.stop();
+  });
+
+  it('stays exclusive when its authority is killed', async function () {
+    const lock = keyOn(c, 'lock', 0, 1);
+    expect(await p.command(`add ${lock} 0 0 5`, 'owner')).to.equal('STORED\r\n');
+    await c.kill(0);
+    const answers: string[] = [];
+    const deadline = Date.now() + 1500;
+    for (;;) {
+      const r = await p.command(`add ${lock} 0 0 5`, 'thief');
+      answers.push(r);
+      if (!r.startsWith('SERVER_ERROR') || Date.now() > deadline) break;
+      await sleep(20);
+    }
+    expect(answers, 'never STORED').to.not.include('STORED\r\n');
+    expect(answers[answers.length - 1]).to.equal('NOT_STORED\r\n');
+    expect(await p.command(`get ${lock}`)).to.equal(`VALUE ${lock} 0 5\r\nowner\r\nEND\r\n`);
+  });
+
+  it('the first add after the authority dies answers NOT_STORED, not an error', async function () {
+    // A refused connection means the add never reached the dead node: the backup can decide it.
+    const lock = keyOn(c, 'lock2', 1, 2);
+    expect(await p.command(`add ${lock} 0 0 5`, 'owner')).to.equal('STORED\r\n');
+    await c.kill(1);
+    expect(await p.command(`add ${lock} 0 0 5`, 'thief')).to.equal('NOT_STORED\r\n');
+  });
+});
+
+describe('cas tokens across nodes', function () {
+  let c: Cluster;
+  let p: MemcacheClient;
+
+  before(async function () {
+    c = await startCluster();
+    p = await MemcacheClient.connect(c.port);
+  });
+
+  after(async function () {
+    p?.close();
+    await c?.stop();
+  });
+
+  it("a token carrying another node's index is a clean EXISTS and writes nothing", async function () {
+    const k = uniq('tk');
+    await p.command(`set ${k} 1 0 2`, 'v1');
+    const token = BigInt(/VALUE \S+ 1 2 (\d+)/.exec(await p.command(`gets ${k}`))![1]!);
+    const { primary, backup, other } = placement(c, k);
+    expect(Number(token >> CAS_SHIFT) - 1).to.equal(primary);
+    // The backup's own cas unique for the item: valid there, but the backup is not the authority.
+    const b = await direct(c.nodes[backup]!);
+    const backupCas = BigInt(/c(\d+)/.exec(await b.command(`mg ${k} c`))![1]!);
+    b.close();
+    for (const forged of [
+      tokenFor(backup, backupCas),
+      tokenFor(other, token),
+      tokenFor(backup, token),
+      token & CAS_MASK,
+    ]) {
+      expect(await p.command(`cas ${k} 2 0 2 ${forged}`, 'XX'), String(forged)).to.equal(
+        'EXISTS\r\n',
+      );
+      expect(await p.command(`ms ${k} 2 C${forged}`, 'XX'), String(forged)).to.equal('EX\r\n');
+    }
+    for (const n of [primary, backup])
+      expect(await peek(c.nodes[n]!, k)).to.deep.include({ value: 'v1', flags: 1 });
+    expect(await p.command(`cas ${k} 2 0 2 ${token}`, 'v2')).to.equal('STORED\r\n');
+  });
+
+  it('a token issued by the backup while the primary was down is EXISTS once the primary is back', async function () {
+    const k = keyOn(c, 'tb', 0);
+    const { backup } = placement(c, k);
+    await p.command(`set ${k} 0 0 2`, 'v1');
+    await c.kill(0);
+    const gets = await p.command(`gets ${k}`);
+    const token = BigInt(/VALUE \S+ 0 2 (\d+)/.exec(gets)![1]!);
+    expect(Number(token >> CAS_SHIFT) - 1, 'issued by the backup').to.equal(backup);
+    await c.restart(0);
+    await c.waitNode(0, true);
+    expect(await p.command(`set ${k} 0 0 2`, 'v2')).to.equal('STORED\r\n');
+    expect(await p.command(`cas ${k} 0 0 2 ${token}`, 'v3')).to.equal('EXISTS\r\n');
+    for (const n of [0, backup]) expect(await peek(c.nodes[n]!, k)).to.include({ value: 'v2' });
+  });
+});
+
+// --------------------------------------------------------------------------
+
+describe('proxy: every node down', function () {
+  let c: Cluster;
+  let p: MemcacheClient;
+  let commands: (string | [string, string])[] = [];
+  const base: (string | [string, string])[] = [
+    'get ad:a',
+    'gets ad:a ad:b',
+    'gat 10 ad:a',
+    ['set ad:a 0 0 1', 'x'],
+    ['add ad:a 0 0 1', 'x'],
+    ['replace ad:a 0 0 1', 'x'],
+    ['append ad:a 0 0 1', 'x'],
+    ['cas ad:a 0 0 1 TOKEN', 'x'],
+    'delete ad:a',
+    'incr ad:a 1',
+    'decr ad:a 1',
+    'touch ad:a 10',
+    'mg ad:a v',
+    ['ms ad:a 1', 'x'],
+    ['ms ad:a 1 CTOKEN', 'x'],
+    'md ad:a',
+    'ma ad:a',
+    'flush_all',
+  ];
+
+  before(async function () {
+    c = await startCluster();
+    p = await MemcacheClient.connect(c.port);
+    await p.command('set ad:a 0 0 1', 'a');
+    // A token the key's primary could have issued, so the cas is not refused as foreign.
+    const token = String(tokenFor(placement(c, 'ad:a').primary, 1n));
+    commands = base.map((x) => (typeof x === 'string' ? x : [x[0].replace('TOKEN', token), x[1]]));
+  });
+
+  after(async function () {
+    p?.close();
+    await c?.stop();
+  });
+
+  function check(replies: string[]): void {
+    replies.forEach((r, i) =>
+      expect(r, JSON.stringify(commands[i])).to.match(/^SERVER_ERROR [^\r\n]*\r\n$/),
+    );
+  }
+
+  it('requests right after the crash get SERVER_ERROR within a second', async function () {
+    await Promise.all([0, 1, 2].map((i) => c.kill(i)));
+    const t0 = Date.now();
+    const replies = await p.pipeline([...commands, 'version', 'mn']);
+    expect(Date.now() - t0).to.be.lessThan(1000);
+    expect(replies.pop()).to.equal('MN\r\n');
+    expect(replies.pop()).to.equal(`VERSION ${memcachedVersion()}\r\n`);
+    check(replies);
+  });
+
+  it('once the nodes are known down, every request still gets SERVER_ERROR at once', async function () {
+    for (const i of [0, 1, 2]) await c.waitNode(i, false);
+    const fresh = await MemcacheClient.connect(c.port);
+    try {
+      const t0 = Date.now();
+      const replies = await fresh.pipeline(commands);
+      expect(Date.now() - t0).to.be.lessThan(1000);
+      check(replies);
+    } finally {
+      fresh.close();
+    }
+  });
+
+  it('serves again once the nodes are back', async function () {
+    for (const i of [0, 1, 2]) await c.restart(i);
+    for (const i of [0, 1, 2]) await c.waitNode(i, true);
+    expect(await p.command('set ad:a 0 0 1', 'b')).to.equal('STORED\r\n');
+    expect(await p.command('get ad:a')).to.equal('VALUE ad:a 0 1\r\nb\r\nEND\r\n');
+  });
+});
+
+// --------------------------------------------------------------------------
+
+describe('config: listen port 0', function () {
+  it('parseConfig accepts listen port 0 (Proxy.address reports the bound port)', function () {
+    const config = parseConfig({
+      listen: { host: '127.0.0.1', port: 0 },
+      nodes: ['127.0.0.1:11211'],
+      replicas: 1,
+    });
+    expect(config.listen.port).to.equal(0);
+  });
+});

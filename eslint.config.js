@@ -17,6 +17,8 @@ export default tseslint.config(
         clearInterval: 'readonly',
         setImmediate: 'readonly',
         queueMicrotask: 'readonly',
+        URL: 'readonly',
+        performance: 'readonly',
         module: 'writable',
         require: 'readonly',
         __dirname: 'readonly',

@@ -12,11 +12,17 @@ const listen = Number(process.env.MSPROXY_DEMO_PORT ?? 22122);
 const children = [];
 const root = process.getuid?.() === 0 ? ['-u', 'root'] : [];
 for (const port of ports) {
-  const mc = spawn('memcached', ['-l', '127.0.0.1', '-p', String(port), '-U', '0', '-m', '64', ...root], {
-    stdio: 'inherit',
-  });
+  const mc = spawn(
+    'memcached',
+    ['-l', '127.0.0.1', '-p', String(port), '-U', '0', '-m', '64', ...root],
+    {
+      stdio: 'inherit',
+    },
+  );
   mc.on('error', (err) => {
-    console.error(`cannot start memcached (${err.message}); install it: sudo apt-get install -y memcached`);
+    console.error(
+      `cannot start memcached (${err.message}); install it: sudo apt-get install -y memcached`,
+    );
     process.exit(1);
   });
   children.push(mc);
@@ -30,15 +36,21 @@ writeFileSync(
     replicas: 2,
   }),
 );
-const proxy = spawn(process.execPath, [new URL('../bin/msproxy.js', import.meta.url).pathname, '--config', config], {
-  stdio: 'inherit',
-});
+const proxy = spawn(
+  process.execPath,
+  [new URL('../bin/msproxy.js', import.meta.url).pathname, '--config', config],
+  {
+    stdio: 'inherit',
+  },
+);
 children.push(proxy);
 // Show it working: write a session through the proxy and read it back.
 function tryIt(attempt = 0) {
   const sock = net.connect(listen, '127.0.0.1');
   let reply = '';
-  sock.on('connect', () => sock.write('set session:demo 0 3600 5\r\nhello\r\nget session:demo\r\nquit\r\n'));
+  sock.on('connect', () =>
+    sock.write('set session:demo 0 3600 5\r\nhello\r\nget session:demo\r\nquit\r\n'),
+  );
   sock.on('data', (d) => (reply += d.toString('latin1')));
   sock.on('error', () => attempt < 50 && setTimeout(() => tryIt(attempt + 1), 100));
   sock.on('close', () => {

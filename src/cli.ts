@@ -12,7 +12,9 @@ import { VERSION } from './version.js';
 export async function main(argv: string[]): Promise<number> {
   const program = new Command()
     .name('msproxy')
-    .description('Session-HA proxy for memcached: replicates every key to R nodes and fails reads over.')
+    .description(
+      'Session-HA proxy for memcached: replicates every key to R nodes and fails reads over.',
+    )
     .version(VERSION, '-V, --version')
     .requiredOption('-c, --config <file>', 'JSON config file (see config.example.json)')
     .option('--check', 'validate the config and exit')
@@ -35,7 +37,9 @@ export async function main(argv: string[]): Promise<number> {
     throw err;
   }
   if (opts.check) {
-    process.stdout.write(`msproxy: ${opts.config} is valid (${config.nodes.length} nodes, replicas ${config.replicas})\n`);
+    process.stdout.write(
+      `msproxy: ${opts.config} is valid (${config.nodes.length} nodes, replicas ${config.replicas})\n`,
+    );
     return 0;
   }
   const log = pino({ level: config.log.level, base: { pid: process.pid } });

@@ -25,7 +25,10 @@ const address = z.preprocess(
   (v) => (typeof v === 'string' ? (splitHostPort(v) ?? v) : v),
   z.strictObject(
     { host, port: listenPort },
-    { error: (iss) => (typeof iss.input === 'string' ? `expected "host:port", got "${iss.input}"` : undefined) },
+    {
+      error: (iss) =>
+        typeof iss.input === 'string' ? `expected "host:port", got "${iss.input}"` : undefined,
+    },
   ),
 );
 
@@ -39,7 +42,10 @@ const node = z.preprocess(
       name: z.string().min(1).optional(),
       weight: z.number().int().min(1).max(1000).default(1),
     },
-    { error: (iss) => (typeof iss.input === 'string' ? `expected "host:port", got "${iss.input}"` : undefined) },
+    {
+      error: (iss) =>
+        typeof iss.input === 'string' ? `expected "host:port", got "${iss.input}"` : undefined,
+    },
   ),
 );
 
@@ -97,7 +103,9 @@ export const configSchema = z
       }),
     log: z
       .strictObject({
-        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+        level: z
+          .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
+          .default('info'),
       })
       .default({ level: 'info' }),
   })
@@ -145,7 +153,12 @@ export function parseConfig(value: unknown): Config {
   const r = configSchema.safeParse(value);
   if (r.success) return r.data;
   const lines = r.error.issues.map((i) => {
-    const path = i.path.length ? i.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('').replace(/^\./, '') : '(root)';
+    const path = i.path.length
+      ? i.path
+          .map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`))
+          .join('')
+          .replace(/^\./, '')
+      : '(root)';
     return `config: ${path}: ${i.message}`;
   });
   throw new ConfigError(lines.join('\n'));

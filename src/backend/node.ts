@@ -78,7 +78,12 @@ export class BackendNode {
    * Send one request. `lane` picks the connection: requests for one key use
    * one lane, so their order on this node is their send order.
    */
-  send(lane: number, data: Buffer | readonly Buffer[], expect: Expectation, cb: ReplyCallback): void {
+  send(
+    lane: number,
+    data: Buffer | readonly Buffer[],
+    expect: Expectation,
+    cb: ReplyCallback,
+  ): void {
     if (!this.up || this.stopped) {
       queueMicrotask(() => cb(NODE_DOWN, null));
       return;

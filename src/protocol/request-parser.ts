@@ -66,7 +66,17 @@ const ERR = {
 } as const;
 
 /** stats sub-commands memcached 1.6 answers (besides detail and cachedump, checked apart). */
-const STATS_SUBCOMMANDS = ['reset', 'settings', 'conns', 'extstore', 'items', 'slabs', 'sizes', 'sizes_enable', 'sizes_disable'];
+const STATS_SUBCOMMANDS = [
+  'reset',
+  'settings',
+  'conns',
+  'extstore',
+  'items',
+  'slabs',
+  'sizes',
+  'sizes_enable',
+  'sizes_disable',
+];
 
 type StorageCmd = 'set' | 'add' | 'replace' | 'append' | 'prepend' | 'cas';
 
@@ -601,7 +611,10 @@ export class RequestParser {
     const nt = this.ntokens;
     if (nt > 2) {
       if (this.tokIs(line, 1, 'detail')) {
-        if (nt < 4 || !(this.tokIs(line, 2, 'on') || this.tokIs(line, 2, 'off') || this.tokIs(line, 2, 'dump'))) {
+        if (
+          nt < 4 ||
+          !(this.tokIs(line, 2, 'on') || this.tokIs(line, 2, 'off') || this.tokIs(line, 2, 'dump'))
+        ) {
           this.fail('CLIENT_ERROR usage: stats detail on|off|dump', false);
           return;
         }

@@ -37,7 +37,10 @@ export class Ring {
       index.set(n.label, i);
     });
     // 'default port' 11211 makes hashring hash "host-i" for such nodes, as libmemcached does.
-    const ring = new HashRing(servers as unknown as string[], 'md5', { 'max cache size': 1, 'default port': 11211 });
+    const ring = new HashRing(servers as unknown as string[], 'md5', {
+      'max cache size': 1,
+      'default port': 11211,
+    });
     const continuum = (ring as unknown as { ring: { value: number; server: string }[] }).ring;
     this.points = new Uint32Array(continuum.length);
     this.owners = new Uint16Array(continuum.length);

@@ -25,7 +25,14 @@
 import type { Logger } from 'pino';
 import type { BackendNode } from '../backend/node.js';
 import type { BackendError } from '../errors.js';
-import { R, encodeMeta, encodeMetaSet, encodeStats, encodeVersion, serverError } from '../protocol/encoder.js';
+import {
+  R,
+  encodeMeta,
+  encodeMetaSet,
+  encodeStats,
+  encodeVersion,
+  serverError,
+} from '../protocol/encoder.js';
 import type { Request } from '../protocol/request.js';
 import {
   EXPECT_LINE,
@@ -77,7 +84,11 @@ function lane(key: Buffer): number {
 
 /** A meta reply's status is success (HD, VA, OK for old servers). */
 function metaSuccess(line: Buffer): boolean {
-  return lineIs(line.subarray(0, 2), 'HD') || startsWith(line, 'VA ') || lineIs(line.subarray(0, 2), 'OK');
+  return (
+    lineIs(line.subarray(0, 2), 'HD') ||
+    startsWith(line, 'VA ') ||
+    lineIs(line.subarray(0, 2), 'OK')
+  );
 }
 
 export class Router {
@@ -164,7 +175,9 @@ export class Router {
         return done(null);
       case 'admin':
         return done(
-          serverError(`msproxy does not forward ${req.args[0]?.toString('latin1') ?? 'this command'}`),
+          serverError(
+            `msproxy does not forward ${req.args[0]?.toString('latin1') ?? 'this command'}`,
+          ),
         );
     }
   }
@@ -402,7 +415,12 @@ export class Router {
   // ----------------------------------------------------------------- writes
 
   /** Plain write: every healthy replica; the best reply wins. */
-  private writeAll(req: Request, data: Buffer | Buffer[], done: Done, success = plainSuccess): void {
+  private writeAll(
+    req: Request,
+    data: Buffer | Buffer[],
+    done: Done,
+    success = plainSuccess,
+  ): void {
     const route = this.healthy(req.key);
     if (route.length === 0) {
       this.stats.unavailable++;
@@ -420,7 +438,12 @@ export class Router {
           break;
         }
       }
-      if (chosen === undefined) for (const r of replies) if (isReply(r)) { chosen = r; break; }
+      if (chosen === undefined)
+        for (const r of replies)
+          if (isReply(r)) {
+            chosen = r;
+            break;
+          }
       if (chosen === undefined) {
         this.stats.unavailable++;
         return done(req.noreply ? null : NO_REPLICA);
@@ -445,7 +468,10 @@ export class Router {
     if (req.noreply) {
       if (!req.cmd.startsWith('m')) return null;
       // Quiet meta: only the nominal reply is dropped.
-      const nominal = req.cmd === 'mg' ? lineIs(r.line.subarray(0, 2), 'EN') : lineIs(r.line.subarray(0, 2), 'HD');
+      const nominal =
+        req.cmd === 'mg'
+          ? lineIs(r.line.subarray(0, 2), 'EN')
+          : lineIs(r.line.subarray(0, 2), 'HD');
       if (nominal) return null;
     }
     return r.raw;
@@ -455,7 +481,12 @@ export class Router {
    * Conditional write: the authority decides; on success the resulting item
    * is copied to the other healthy replicas.
    */
-  private conditional(req: Request, data: Buffer | Buffer[], done: Done, isSuccess = classicSuccess): void {
+  private conditional(
+    req: Request,
+    data: Buffer | Buffer[],
+    done: Done,
+    isSuccess = classicSuccess,
+  ): void {
     const route = this.healthy(req.key);
     const authority = route[0];
     if (authority === undefined) {
@@ -466,16 +497,21 @@ export class Router {
       if (!isReply(r)) {
         // The command may or may not have run: never replay it elsewhere.
         this.stats.unavailable++;
-        return done(req.noreply && !req.cmd.startsWith('m') ? null : serverError(`backend failed: ${r.code}`));
+        return done(
+          req.noreply && !req.cmd.startsWith('m') ? null : serverError(`backend failed: ${r.code}`),
+        );
       }
       const reply = this.rewriteReplyCas(req, r, authority);
-      if (!isSuccess(r.line) || route.length === 1) return done(this.clientReplyBytes(req, r, reply));
+      if (!isSuccess(r.line) || route.length === 1)
+        return done(this.clientReplyBytes(req, r, reply));
       const deleted = req.cmd === 'md';
       if (this.options.ackMode === 'async') {
         done(this.clientReplyBytes(req, r, reply));
         this.copy(req.key, authority, route.slice(1), deleted, () => {});
       } else {
-        this.copy(req.key, authority, route.slice(1), deleted, () => done(this.clientReplyBytes(req, r, reply)));
+        this.copy(req.key, authority, route.slice(1), deleted, () =>
+          done(this.clientReplyBytes(req, r, reply)),
+        );
       }
     });
   }
@@ -486,7 +522,13 @@ export class Router {
   }
 
   /** Copy the authority's current item for `key` to `targets` (or delete it there). */
-  private copy(key: Buffer, authority: number, targets: number[], deleted: boolean, cb: () => void): void {
+  private copy(
+    key: Buffer,
+    authority: number,
+    targets: number[],
+    deleted: boolean,
+    cb: () => void,
+  ): void {
     let left = targets.length;
     const one = (r: ReplyOrErr): void => {
       if (!isReply(r) || r.isError) this.stats.replicationFailures++;
@@ -544,7 +586,7 @@ export class Router {
     }
     const mode = req.mode;
     const plain =
-      (req.cmd === 'ms' && !hasCas && (mode === 0 || mode === 0x53 /* S */) && !req.hasFlag('I')) ||
+      (req.cmd === 'ms' && !hasCas && (mode === 0 || mode === 0x53) /* S */ && !req.hasFlag('I')) ||
       (req.cmd === 'md' && !hasCas);
     if (plain) return this.writeAll(req, data, done, metaSuccess);
     return this.conditional(req, data, done, metaSuccess);
@@ -579,22 +621,29 @@ export class Router {
         const miss = lineIs(r.line.subarray(0, 2), 'EN');
         if (miss && route[a + 1] !== undefined) {
           // Look further; repair this node if a later replica has it.
-          return this.send(route[a + 1]!, req.key, encodeMeta('mg', req.key, 'v f t'), EXPECT_LINE, (f) => {
-            if (isReply(f) && startsWith(f.line, 'VA ')) {
-              const meta = parseMetaFlags(f.line);
-              const ttl = Number(meta.get('t') ?? '-1');
-              if (ttl !== 0) this.repair(node, req.key, f.data, Number(meta.get('f') ?? '0'), ttl);
-              this.stats.failoverReads++;
-              // Answer in the client's own format from the replica that has it.
-              return this.send(route[a + 1]!, req.key, data, EXPECT_LINE, (g) => {
-                if (!isReply(g)) return done(this.clientReply(req, r));
-                this.stats.getHits++;
-                done(this.clientReplyBytes(req, g, this.rewriteReplyCas(req, g, route[a + 1]!)));
-              });
-            }
-            this.stats.getMisses++;
-            done(this.clientReply(req, r));
-          });
+          return this.send(
+            route[a + 1]!,
+            req.key,
+            encodeMeta('mg', req.key, 'v f t'),
+            EXPECT_LINE,
+            (f) => {
+              if (isReply(f) && startsWith(f.line, 'VA ')) {
+                const meta = parseMetaFlags(f.line);
+                const ttl = Number(meta.get('t') ?? '-1');
+                if (ttl !== 0)
+                  this.repair(node, req.key, f.data, Number(meta.get('f') ?? '0'), ttl);
+                this.stats.failoverReads++;
+                // Answer in the client's own format from the replica that has it.
+                return this.send(route[a + 1]!, req.key, data, EXPECT_LINE, (g) => {
+                  if (!isReply(g)) return done(this.clientReply(req, r));
+                  this.stats.getHits++;
+                  done(this.clientReplyBytes(req, g, this.rewriteReplyCas(req, g, route[a + 1]!)));
+                });
+              }
+              this.stats.getMisses++;
+              done(this.clientReply(req, r));
+            },
+          );
         }
         if (miss) this.stats.getMisses++;
         else if (!r.isError) this.stats.getHits++;
@@ -673,7 +722,10 @@ export class Router {
 /** Plain write success: STORED, DELETED, TOUCHED, meta HD. */
 function plainSuccess(line: Buffer): boolean {
   return (
-    lineIs(line, 'STORED') || lineIs(line, 'DELETED') || lineIs(line, 'TOUCHED') || metaSuccess(line)
+    lineIs(line, 'STORED') ||
+    lineIs(line, 'DELETED') ||
+    lineIs(line, 'TOUCHED') ||
+    metaSuccess(line)
   );
 }
 

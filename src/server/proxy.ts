@@ -90,7 +90,12 @@ export class Proxy {
       this.server.listen({ host, port, backlog: 1024 }, () => {
         this.server.off('error', reject);
         this.log.info(
-          { listen: `${this.address.host}:${this.address.port}`, nodes: this.nodes.length, replicas: this.config.replicas, version: VERSION },
+          {
+            listen: `${this.address.host}:${this.address.port}`,
+            nodes: this.nodes.length,
+            replicas: this.config.replicas,
+            version: VERSION,
+          },
           'msproxy listening',
         );
         resolve();

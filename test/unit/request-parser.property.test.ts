@@ -324,7 +324,8 @@ const simple: fc.Arbitrary<Generated> = fc
   })
   .map(({ cmd, args, f }) => {
     // stats takes one known sub-command (memcached answers ERROR to others); the rest take anything.
-    const a = cmd === 'quit' ? [] : cmd === 'stats' ? args.filter((x) => x !== 'x').slice(0, 1) : args;
+    const a =
+      cmd === 'quit' ? [] : cmd === 'stats' ? args.filter((x) => x !== 'x').slice(0, 1) : args;
     return finish(cmd, [cmd, ...a], f, { args: a });
   });
 

@@ -757,7 +757,9 @@ describe('RequestParser: line length', () => {
       input: `version ${'x'.repeat(MAX_LINE - 8)}\n`,
       split,
       expect: [
-        req('version', `version ${'x'.repeat(MAX_LINE - 8)}\n`, { args: ['x'.repeat(MAX_LINE - 8)] }),
+        req('version', `version ${'x'.repeat(MAX_LINE - 8)}\n`, {
+          args: ['x'.repeat(MAX_LINE - 8)],
+        }),
       ],
     },
     {
@@ -767,7 +769,9 @@ describe('RequestParser: line length', () => {
       input: `version ${'x'.repeat(MAX_LINE - 8)}\r\n`,
       split,
       expect: [
-        req('version', `version ${'x'.repeat(MAX_LINE - 8)}\r\n`, { args: ['x'.repeat(MAX_LINE - 8)] }),
+        req('version', `version ${'x'.repeat(MAX_LINE - 8)}\r\n`, {
+          args: ['x'.repeat(MAX_LINE - 8)],
+        }),
       ],
     },
   ]);

@@ -94,13 +94,15 @@ export function isErrorLine(line: Buffer): boolean {
   return false;
 }
 
-function startsWith(buf: Buffer, lit: string): boolean {
+/** Whether `buf` begins with the ASCII literal `lit`. */
+export function startsWith(buf: Buffer, lit: string): boolean {
   if (buf.length < lit.length) return false;
   for (let i = 0; i < lit.length; i++) if (buf[i] !== lit.charCodeAt(i)) return false;
   return true;
 }
 
-function equals(buf: Buffer, lit: string): boolean {
+/** Whether `buf` is exactly the ASCII literal `lit`. */
+export function equals(buf: Buffer, lit: string): boolean {
   return buf.length === lit.length && startsWith(buf, lit);
 }
 

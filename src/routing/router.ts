@@ -22,7 +22,6 @@
  * for noreply).
  */
 
-import type { Logger } from 'pino';
 import type { BackendNode } from '../backend/node.js';
 import type { BackendError } from '../errors.js';
 import {
@@ -39,7 +38,8 @@ import {
   EXPECT_VALUES,
   type Reply,
   type Value,
-  isErrorLine,
+  equals,
+  startsWith,
 } from '../protocol/response-parser.js';
 import type { Stats } from '../stats.js';
 import type { Ring } from './ring.js';
@@ -65,16 +65,6 @@ function isReply(r: ReplyOrErr | undefined): r is Reply {
   return r !== undefined && !(r instanceof Error);
 }
 
-function startsWith(buf: Buffer, lit: string): boolean {
-  if (buf.length < lit.length) return false;
-  for (let i = 0; i < lit.length; i++) if (buf[i] !== lit.charCodeAt(i)) return false;
-  return true;
-}
-
-function lineIs(buf: Buffer, lit: string): boolean {
-  return buf.length === lit.length && startsWith(buf, lit);
-}
-
 /** FNV-1a of the key: picks a connection lane, so one key's requests stay ordered on a node. */
 function lane(key: Buffer): number {
   let h = 0x811c9dc5;
@@ -85,9 +75,9 @@ function lane(key: Buffer): number {
 /** A meta reply's status is success (HD, VA, OK for old servers). */
 function metaSuccess(line: Buffer): boolean {
   return (
-    lineIs(line.subarray(0, 2), 'HD') ||
+    equals(line.subarray(0, 2), 'HD') ||
     startsWith(line, 'VA ') ||
-    lineIs(line.subarray(0, 2), 'OK')
+    equals(line.subarray(0, 2), 'OK')
   );
 }
 
@@ -96,21 +86,13 @@ export class Router {
   private readonly ring: Ring;
   private readonly options: RouterOptions;
   private readonly stats: Stats;
-  private readonly log: Logger;
   private readonly encodeCas: boolean;
 
-  constructor(
-    nodes: readonly BackendNode[],
-    ring: Ring,
-    options: RouterOptions,
-    stats: Stats,
-    log: Logger,
-  ) {
+  constructor(nodes: readonly BackendNode[], ring: Ring, options: RouterOptions, stats: Stats) {
     this.nodes = nodes;
     this.ring = ring;
     this.options = options;
     this.stats = stats;
-    this.log = log;
     this.encodeCas = options.replicas > 1;
   }
 
@@ -399,7 +381,7 @@ export class Router {
       } else {
         // A miss, a transport failure or an error: try the replica after it.
         // Start that before finishing this one, so the reply is not sent early.
-        const miss = isReply(r) && lineIs(r.line.subarray(0, 2), 'EN');
+        const miss = isReply(r) && equals(r.line.subarray(0, 2), 'EN');
         this.fallback(req, i, route, attempt + 1, results, withCas, failed || !miss, track);
       }
       track.done();
@@ -470,8 +452,8 @@ export class Router {
       // Quiet meta: only the nominal reply is dropped.
       const nominal =
         req.cmd === 'mg'
-          ? lineIs(r.line.subarray(0, 2), 'EN')
-          : lineIs(r.line.subarray(0, 2), 'HD');
+          ? equals(r.line.subarray(0, 2), 'EN')
+          : equals(r.line.subarray(0, 2), 'HD');
       if (nominal) return null;
     }
     return r.raw;
@@ -580,7 +562,8 @@ export class Router {
       const { node, cas } = this.casIn(req.cas);
       const route = this.healthy(req.key);
       if (this.encodeCas && route[0] !== node) {
-        return done(this.quietMetaReply(req, R.EX));
+        // A failure status is never suppressed by q.
+        return done(R.EX);
       }
       data = this.metaLine(req, cas);
     }
@@ -590,12 +573,6 @@ export class Router {
       (req.cmd === 'md' && !hasCas);
     if (plain) return this.writeAll(req, data, done, metaSuccess);
     return this.conditional(req, data, done, metaSuccess);
-  }
-
-  private quietMetaReply(req: Request, status: Buffer): Out {
-    // A failure status is never suppressed by q; opaque and key flags are not echoed here.
-    void req;
-    return status;
   }
 
   private rewriteReplyCas(req: Request, r: Reply, node: number): Buffer | Buffer[] {
@@ -618,7 +595,7 @@ export class Router {
       }
       this.send(node, req.key, data, EXPECT_LINE, (r) => {
         if (!isReply(r)) return attempt(a + 1);
-        const miss = lineIs(r.line.subarray(0, 2), 'EN');
+        const miss = equals(r.line.subarray(0, 2), 'EN');
         if (miss && route[a + 1] !== undefined) {
           // Look further; repair this node if a later replica has it.
           return this.send(
@@ -668,7 +645,7 @@ export class Router {
     let ok = false;
     for (const n of up) {
       this.send(n.index, req.raw, data, EXPECT_LINE, (r) => {
-        if (isReply(r) && lineIs(r.line, 'OK')) ok = true;
+        if (isReply(r) && equals(r.line, 'OK')) ok = true;
         if (--left === 0) done(req.noreply ? null : ok ? R.OK : NO_REPLICA);
       });
     }
@@ -714,7 +691,6 @@ export class Router {
       rows.push([`proxy_node_${n.index}_errors`, n.errors]);
       rows.push([`proxy_node_${n.index}_down_count`, n.downCount]);
     }
-    void this.log;
     return encodeStats(rows);
   }
 }
@@ -722,16 +698,16 @@ export class Router {
 /** Plain write success: STORED, DELETED, TOUCHED, meta HD. */
 function plainSuccess(line: Buffer): boolean {
   return (
-    lineIs(line, 'STORED') ||
-    lineIs(line, 'DELETED') ||
-    lineIs(line, 'TOUCHED') ||
+    equals(line, 'STORED') ||
+    equals(line, 'DELETED') ||
+    equals(line, 'TOUCHED') ||
     metaSuccess(line)
   );
 }
 
 /** Conditional write success: STORED, or a number for incr/decr. */
 function classicSuccess(line: Buffer): boolean {
-  if (lineIs(line, 'STORED')) return true;
+  if (equals(line, 'STORED')) return true;
   const c = line[0];
   return c !== undefined && c >= 0x30 && c <= 0x39;
 }
@@ -765,5 +741,3 @@ function rewriteMetaCas(r: Reply, map: (cas: bigint) => bigint): Buffer | Buffer
   const head = Buffer.from(parts.join(' ') + '\r\n', 'latin1');
   return r.bytes < 0 ? head : [head, r.raw.subarray(r.dataOffset)];
 }
-
-export { isErrorLine };

@@ -53,7 +53,6 @@ export class Proxy {
       this.ring,
       { replicas: config.replicas, ackMode: config.ackMode, version: memcachedVersion() },
       this.stats,
-      log,
     );
     // allowHalfOpen: a client may shut down its sending side and still read the replies.
     this.server = net.createServer({ allowHalfOpen: true }, (socket) => this.accept(socket));

@@ -150,11 +150,12 @@ export class BackendConnection {
     live.delete(this);
     clearTimeout(this.connectTimer);
     this.socket.destroy();
+    // The owner hears first, so a node that is now down is seen as down by the callbacks below.
+    this.events.onClose(this, err);
     while (this.count > 0) {
       const cb = this.shift();
       cb(err, null);
     }
-    this.events.onClose(this, err);
   }
 
   flush(): void {

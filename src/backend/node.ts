@@ -97,6 +97,11 @@ export class BackendNode {
     });
   }
 
+  /** The connection index a lane maps to: requests on one lane share it. */
+  laneOf(lane: number): number {
+    return lane % this.conns.length;
+  }
+
   private connection(i: number): BackendConnection {
     let conn = this.conns[i]!;
     if (conn === null || conn.isClosed) {
@@ -145,7 +150,8 @@ export class BackendNode {
     for (let i = 0; i < this.conns.length; i++) {
       const c = this.conns[i];
       this.conns[i] = null;
-      c?.destroy(new BackendError('MSP_NODE_DOWN', `${this.address}: node marked down`));
+      // CLOSED, not NODE_DOWN: what was in flight may have run on the node.
+      c?.destroy(new BackendError('MSP_BACKEND_CLOSED', `${this.address}: node marked down`));
     }
     this.probeDelay = this.options.probeMs;
     this.scheduleProbe();

@@ -41,7 +41,18 @@ export class Ring {
       'max cache size': 1,
       'default port': 11211,
     });
-    const continuum = (ring as unknown as { ring: { value: number; server: string }[] }).ring;
+    // connection-parse collects per-label vnode counts in a plain object, so a label such as
+    // `__proto__` or `constructor` reads an inherited value there and gets no points. msproxy
+    // sets no per-node vnodes: rebuild the continuum with a prototype-free, empty table.
+    const internal = ring as unknown as {
+      vnodes: Record<string, number>;
+      ring: { value: number; server: string }[];
+      continuum(): void;
+    };
+    internal.vnodes = Object.create(null) as Record<string, number>;
+    internal.ring = [];
+    internal.continuum();
+    const continuum = internal.ring;
     this.points = new Uint32Array(continuum.length);
     this.owners = new Uint16Array(continuum.length);
     continuum.forEach((p, i) => {

@@ -6,6 +6,7 @@
  * - Reads go to the first healthy replica (the primary unless it is down);
  *   a transport failure moves on to the next one; a miss is checked on the
  *   next replica and, if found there, served and written back (read repair).
+ *   gat/gats and mg with T also give the other replicas the new TTL.
  * - Plain writes (set, delete, touch, plain ms/md) go to every healthy
  *   replica; the client's reply is the best one (success over miss), and
  *   SERVER_ERROR only when no replica answered.
@@ -13,10 +14,15 @@
  *   conditional meta commands) are decided by one authority, the first
  *   healthy replica. Only on success is the resulting item read back from the
  *   authority (`mg v f t`) and written to the other replicas (`ms F T`):
- *   value, flags and remaining TTL, never a replay of the command.
+ *   value, flags and remaining TTL, never a replay of the command. A request
+ *   that never reached the authority (refused connection, node down) is
+ *   decided by the next replica instead.
  * - cas tokens carry the index of the node that issued them (when replicas >
  *   1), so a token is only ever checked against that node: a token from
- *   another node is a clean EXISTS.
+ *   another node is sent as a cas unique no item has, which memcached answers
+ *   EXISTS (or NOT_FOUND), exactly as for any stale token.
+ * - Commands on one key take effect in arrival order (see KeyOrder); every
+ *   request for a key uses that key's lane (connection) on each node.
  *
  * Every route calls `done` exactly once, with the bytes for the client (null
  * for noreply).
@@ -35,13 +41,16 @@ import {
 import type { Request } from '../protocol/request.js';
 import {
   EXPECT_LINE,
+  EXPECT_QUIET,
   EXPECT_VALUES,
+  type Expectation,
   type Reply,
   type Value,
   equals,
   startsWith,
 } from '../protocol/response-parser.js';
 import type { Stats } from '../stats.js';
+import { EXCLUSIVE, KeyOrder, type Kind, READ, Ticket, WRITE } from './key-order.js';
 import type { Ring } from './ring.js';
 
 export type Out = Buffer | Buffer[] | null;
@@ -50,36 +59,48 @@ export type Done = (out: Out) => void;
 export interface RouterOptions {
   replicas: number;
   ackMode: 'sync' | 'async';
+  /** What `version` answers. */
   version: string;
+  /** msproxy's own version, for stats. */
+  proxyVersion: string;
 }
 
 const CRLF = R.CRLF;
 const SP = Buffer.from(' ');
+const MN = Buffer.from('mn\r\n');
 const CAS_NODE_SHIFT = 56n;
 const CAS_MASK = (1n << CAS_NODE_SHIFT) - 1n;
 const NO_REPLICA = serverError('no replica available');
+/**
+ * A cas unique no item has (memcached's counter starts at 1 and would need
+ * 2^64 writes to get there); sent for a token another node issued, so the
+ * node answers EXISTS/NOT_FOUND exactly as for any stale token.
+ */
+const CAS_NEVER = (1n << 64n) - 1n;
 
 type ReplyOrErr = Reply | BackendError;
+type Success = (r: Reply) => boolean;
 
 function isReply(r: ReplyOrErr | undefined): r is Reply {
   return r !== undefined && !(r instanceof Error);
 }
 
-/** FNV-1a of the key: picks a connection lane, so one key's requests stay ordered on a node. */
-function lane(key: Buffer): number {
+/** A failure that proves the request never reached the node: safe to send elsewhere. */
+function notSent(e: BackendError): boolean {
+  return e.code === 'MSP_BACKEND_CONNECT' || e.code === 'MSP_NODE_DOWN';
+}
+
+/**
+ * FNV-1a of the key: the key's identity for KeyOrder, and its lane (which of
+ * a node's connections carries it), so one key's requests stay FIFO on a node.
+ */
+export function keyHash(key: Buffer): number {
   let h = 0x811c9dc5;
   for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key[i]!, 0x01000193);
   return h >>> 0;
 }
 
-/** A meta reply's status is success (HD, VA, OK for old servers). */
-function metaSuccess(line: Buffer): boolean {
-  return (
-    equals(line.subarray(0, 2), 'HD') ||
-    startsWith(line, 'VA ') ||
-    equals(line.subarray(0, 2), 'OK')
-  );
-}
+function noop(): void {}
 
 export class Router {
   private readonly nodes: readonly BackendNode[];
@@ -87,6 +108,7 @@ export class Router {
   private readonly options: RouterOptions;
   private readonly stats: Stats;
   private readonly encodeCas: boolean;
+  readonly order = new KeyOrder();
 
   constructor(nodes: readonly BackendNode[], ring: Ring, options: RouterOptions, stats: Stats) {
     this.nodes = nodes;
@@ -119,15 +141,17 @@ export class Router {
       case 'touch':
         if (req.cmd === 'set') this.stats.cmdSet++;
         if (req.cmd === 'touch') this.stats.cmdTouch++;
-        return this.writeAll(req, this.forward(req), done);
+        return this.plain(req, this.forward(req), plainSuccess, done);
       case 'add':
       case 'replace':
       case 'append':
       case 'prepend':
       case 'incr':
-      case 'decr':
+      case 'decr': {
         if (req.cmd !== 'incr' && req.cmd !== 'decr') this.stats.cmdSet++;
-        return this.conditional(req, this.forward(req), done);
+        const data = this.forward(req);
+        return this.conditional(req, () => data, classicSuccess, done);
+      }
       case 'cas':
         this.stats.cmdSet++;
         return this.cas(req, done);
@@ -135,13 +159,12 @@ export class Router {
         this.stats.cmdSet++;
         return this.metaWrite(req, done);
       case 'md':
-        return this.metaWrite(req, done);
       case 'ma':
         return this.metaWrite(req, done);
       case 'mg':
         return this.metaGet(req, done);
       case 'me':
-        return this.first(req, done);
+        return this.metaDebug(req, done);
       case 'mn':
         return done(R.MN);
       case 'flush_all':
@@ -166,24 +189,29 @@ export class Router {
 
   // ---------------------------------------------------------------- helpers
 
-  /** The bytes to forward: the client's own, minus `noreply`/`q` (the proxy always waits for the reply). */
+  /** Run `run` once the key allows a command of `kind` (KeyOrder). */
+  private admit(kind: Kind, hash: number, run: () => void): void {
+    if (this.order.tryAcquire(kind, hash)) run();
+    else this.order.wait(new Ticket(kind, run), [hash]);
+  }
+
+  /** The bytes to forward for a classic command: the client's own, minus `noreply`. */
   private forward(req: Request): Buffer | Buffer[] {
     if (!req.noreply) return req.raw;
-    if (req.cmd.startsWith('m')) return this.metaLine(req, null);
     const line = req.raw.subarray(0, req.contentEnd);
     if (req.lineLength === req.raw.length) return [line, CRLF];
     return [line, CRLF, req.raw.subarray(req.lineLength)];
   }
 
   /**
-   * Rebuild a meta command line without `q`, optionally replacing the C token.
-   * The data block (ms) is appended unchanged.
+   * A meta command line rebuilt with the C token replaced by `cas`; with
+   * `quiet` false, also without `q`. The data block (ms) is appended unchanged.
    */
-  private metaLine(req: Request, cas: bigint | null): Buffer[] {
+  private metaLine(req: Request, cas: bigint | null, quiet: boolean): Buffer[] {
     const out: Buffer[] = [Buffer.from(req.cmd, 'latin1'), SP, req.wireKeys[0]!];
     if (req.cmd === 'ms') out.push(SP, Buffer.from(String(req.bytes), 'latin1'));
     for (const t of req.args) {
-      if (t[0] === 0x71 /* q */) continue;
+      if (t[0] === 0x71 /* q */ && !quiet) continue;
       if (t[0] === 0x43 /* C */ && cas !== null) {
         out.push(SP, Buffer.from(`C${cas}`, 'latin1'));
         continue;
@@ -197,12 +225,12 @@ export class Router {
 
   private send(
     node: number,
-    key: Buffer,
+    hash: number,
     data: Buffer | readonly Buffer[],
-    expect: typeof EXPECT_LINE | typeof EXPECT_VALUES,
+    expect: Expectation,
     cb: (r: ReplyOrErr) => void,
   ): void {
-    this.nodes[node]!.send(lane(key), data, expect, (err, reply) => {
+    this.nodes[node]!.send(hash, data, expect, (err, reply) => {
       if (err !== null) {
         if (err.code === 'MSP_BACKEND_TIMEOUT') this.stats.backendTimeouts++;
         else if (err.code !== 'MSP_NODE_DOWN') this.stats.backendErrors++;
@@ -213,16 +241,40 @@ export class Router {
     });
   }
 
+  /**
+   * Send a quiet meta command as the client sent it, followed by `mn`: the
+   * node itself decides which reply its `q` suppresses (absent reply).
+   */
+  private sendQuiet(
+    node: number,
+    hash: number,
+    data: Buffer | readonly Buffer[],
+    cb: (r: ReplyOrErr) => void,
+  ): void {
+    this.send(node, hash, data, EXPECT_QUIET, cb);
+    this.send(node, hash, MN, EXPECT_LINE, noop);
+  }
+
+  /** A meta write whose `q` is passed on to the nodes. */
+  private static quietMeta(req: Request): boolean {
+    return req.noreply && (req.cmd === 'ms' || req.cmd === 'md' || req.cmd === 'ma');
+  }
+
   /** Token a client sees for cas unique `cas` issued by `node`. */
   private casOut(node: number, cas: bigint): bigint {
     if (!this.encodeCas) return cas;
     return (BigInt(node + 1) << CAS_NODE_SHIFT) | (cas & CAS_MASK);
   }
 
-  /** The node a client's cas token belongs to (-1 if none) and the node's own cas unique. */
-  private casIn(token: bigint): { node: number; cas: bigint } {
-    if (!this.encodeCas) return { node: -1, cas: token };
-    return { node: Number(token >> CAS_NODE_SHIFT) - 1, cas: token & CAS_MASK };
+  /**
+   * The cas unique to send to `node` for a client's token: the token's own
+   * value if `node` issued it, else one that matches no item. 0 passes as is:
+   * memcached gives it a meaning of its own (ma: no compare).
+   */
+  private casFor(node: number, token: bigint): bigint {
+    if (!this.encodeCas || token === 0n) return token;
+    if (Number(token >> CAS_NODE_SHIFT) - 1 !== node) return CAS_NEVER;
+    return token & CAS_MASK;
   }
 
   // ------------------------------------------------------------------ reads
@@ -233,7 +285,21 @@ export class Router {
     this.stats.cmdGet += n;
     if (req.cmd === 'gat' || req.cmd === 'gats') this.stats.cmdTouch += n;
     if (n === 0) return done(R.END);
+    const hashes = keys.map(keyHash);
+    const release = (out: Out): void => {
+      for (const h of hashes) this.order.release(READ, h);
+      done(out);
+    };
+    const run = (): void => this.readRun(req, hashes, release);
+    if (this.order.tryAcquireReads(hashes)) run();
+    else this.order.wait(new Ticket(READ, run), hashes);
+  }
+
+  private readRun(req: Request, hashes: number[], done: Done): void {
+    const keys = req.keys;
+    const n = keys.length;
     const withCas = req.cmd === 'gets' || req.cmd === 'gats';
+    const touch = req.cmd === 'gat' || req.cmd === 'gats';
     const results: (Buffer | Buffer[] | null)[] = new Array<Buffer | Buffer[] | null>(n).fill(null);
     const routes = keys.map((k) => this.healthy(k));
     let outstanding = 0;
@@ -241,9 +307,6 @@ export class Router {
     // A key no replica could answer for: a miss would be a lie (a session store would log the
     // user out), so the whole reply is an error, as memcached has no per-key error in a get.
     let unavailable = false;
-    const markUnavailable = (): void => {
-      unavailable = true;
-    };
     const finish = (): void => {
       if (finished || outstanding > 0) return;
       finished = true;
@@ -260,10 +323,42 @@ export class Router {
       out.push(R.END);
       done(out);
     };
+    const track = {
+      start: (): void => {
+        outstanding++;
+      },
+      done: (): void => {
+        outstanding--;
+        finish();
+      },
+      unavailable: (): void => {
+        unavailable = true;
+      },
+    };
 
-    // attempt[i]: index into routes[i] of the node being asked.
+    if (touch) {
+      // The replicas not read from get the new TTL too, or the copy a failover would
+      // serve expires on the old schedule.
+      for (let i = 0; i < n; i++) {
+        const route = routes[i]!;
+        if (route.length < 2) continue;
+        const msg = Buffer.concat([
+          Buffer.from('touch ', 'latin1'),
+          keys[i]!,
+          Buffer.from(` ${req.exptime}\r\n`, 'latin1'),
+        ]);
+        for (let a = 1; a < route.length; a++) {
+          outstanding++;
+          this.send(route[a]!, hashes[i]!, msg, EXPECT_LINE, (r) => {
+            if (!isReply(r) || r.isError) this.stats.replicationFailures++;
+            track.done();
+          });
+        }
+      }
+    }
+
+    // Ask the replica at `attempt` of each key in `indices`, one request per (node, lane).
     const fetch = (indices: number[], attempt: number): void => {
-      // Group by the node at this attempt.
       const groups = new Map<number, number[]>();
       for (const i of indices) {
         const node = routes[i]![attempt];
@@ -271,16 +366,18 @@ export class Router {
           unavailable = true; // every replica failed or is down
           continue;
         }
-        let g = groups.get(node);
-        if (g === undefined) groups.set(node, (g = []));
+        const g0 = node * 65536 + this.nodes[node]!.laneOf(hashes[i]!);
+        let g = groups.get(g0);
+        if (g === undefined) groups.set(g0, (g = []));
         g.push(i);
       }
-      for (const [node, group] of groups) {
+      for (const group of groups.values()) {
+        const node = routes[group[0]!]![attempt]!;
         outstanding++;
         const data =
           attempt === 0 && group.length === n && !req.noreply ? req.raw : this.readLine(req, group);
         const primaryRead = attempt === 0;
-        this.send(node, keys[group[0]!]!, data, EXPECT_VALUES, (r) => {
+        this.send(node, hashes[group[0]!]!, data, EXPECT_VALUES, (r) => {
           outstanding--;
           if (!isReply(r) || r.isError) {
             // Transport failure or an error reply: ask the next replica.
@@ -290,7 +387,6 @@ export class Router {
           }
           const values = r.values!;
           let p = 0;
-          const missed: number[] = [];
           for (const i of group) {
             const v = values[p];
             if (v !== undefined && v.key.equals(keys[i]!)) {
@@ -299,18 +395,18 @@ export class Router {
               this.stats.getHits++;
               if (!primaryRead) this.stats.failoverReads++;
             } else {
-              missed.push(i);
+              this.fallback(
+                req,
+                i,
+                hashes[i]!,
+                routes[i]!,
+                attempt + 1,
+                results,
+                withCas,
+                false,
+                track,
+              );
             }
-          }
-          for (const i of missed) {
-            this.fallback(req, i, routes[i]!, attempt + 1, results, withCas, false, {
-              start: () => outstanding++,
-              done: () => {
-                outstanding--;
-                finish();
-              },
-              unavailable: markUnavailable,
-            });
           }
           finish();
         });
@@ -341,11 +437,12 @@ export class Router {
   /**
    * A key the replica at `attempt - 1` did not have: look on the next replicas
    * with `mg v f t c` and, if found, serve it and write it back to the nodes
-   * before it that missed (add-mode, so a concurrent newer write wins).
+   * before it that missed (add-mode, so a newer write that got there first wins).
    */
   private fallback(
     req: Request,
     i: number,
+    hash: number,
     route: number[],
     attempt: number,
     results: (Buffer | Buffer[] | null)[],
@@ -364,7 +461,7 @@ export class Router {
     }
     track.start();
     const touch = req.cmd === 'gat' || req.cmd === 'gats' ? ` T${req.exptime}` : '';
-    this.send(node, key, encodeMeta('mg', key, `v f t c${touch}`), EXPECT_LINE, (r) => {
+    this.send(node, hash, encodeMeta('mg', key, `v f t c${touch}`), EXPECT_LINE, (r) => {
       if (isReply(r) && startsWith(r.line, 'VA ')) {
         const meta = parseMetaFlags(r.line);
         const flags = Number(meta.get('f') ?? '0');
@@ -376,135 +473,171 @@ export class Router {
         this.stats.getHits++;
         this.stats.failoverReads++;
         if (ttl !== 0) {
-          for (let a = 0; a < attempt; a++) this.repair(route[a]!, key, data, flags, ttl);
+          for (let a = 0; a < attempt; a++) this.repair(route[a]!, hash, key, data, flags, ttl);
         }
       } else {
         // A miss, a transport failure or an error: try the replica after it.
         // Start that before finishing this one, so the reply is not sent early.
         const miss = isReply(r) && equals(r.line.subarray(0, 2), 'EN');
-        this.fallback(req, i, route, attempt + 1, results, withCas, failed || !miss, track);
+        this.fallback(req, i, hash, route, attempt + 1, results, withCas, failed || !miss, track);
       }
       track.done();
     });
   }
 
-  private repair(node: number, key: Buffer, data: Buffer, flags: number, ttl: number): void {
+  /**
+   * Write a found item back to a replica that missed it. Sent before the read
+   * releases its key, so a later write to the key lands after it.
+   */
+  private repair(
+    node: number,
+    hash: number,
+    key: Buffer,
+    data: Buffer,
+    flags: number,
+    ttl: number,
+  ): void {
     this.stats.readRepairs++;
     const msg = encodeMetaSet(key, data, flags, ttl < 0 ? 0 : ttl, ' ME');
-    this.send(node, key, msg, EXPECT_LINE, () => {});
+    this.send(node, hash, msg, EXPECT_LINE, noop);
   }
 
   // ----------------------------------------------------------------- writes
 
   /** Plain write: every healthy replica; the best reply wins. */
+  private plain(req: Request, data: Buffer | Buffer[], success: Success, done: Done): void {
+    const hash = keyHash(req.key);
+    this.admit(WRITE, hash, () => this.writeAll(req, hash, data, success, done));
+  }
+
   private writeAll(
     req: Request,
+    hash: number,
     data: Buffer | Buffer[],
+    success: Success,
     done: Done,
-    success = plainSuccess,
   ): void {
     const route = this.healthy(req.key);
     if (route.length === 0) {
       this.stats.unavailable++;
-      return done(NO_REPLICA);
+      return done(req.noreply && !req.cmd.startsWith('m') ? null : NO_REPLICA);
     }
     const replies: (ReplyOrErr | undefined)[] = new Array<ReplyOrErr | undefined>(route.length);
     let left = route.length;
     let answered = false;
     const answer = (): void => {
       answered = true;
-      let chosen: Reply | undefined;
-      for (const r of replies) {
-        if (isReply(r) && success(r.line)) {
-          chosen = r;
-          break;
-        }
+      let chosen = -1;
+      for (let i = 0; i < replies.length && chosen < 0; i++) {
+        const r = replies[i];
+        if (isReply(r) && success(r)) chosen = i;
       }
-      if (chosen === undefined)
-        for (const r of replies)
-          if (isReply(r)) {
-            chosen = r;
-            break;
-          }
-      if (chosen === undefined) {
+      for (let i = 0; i < replies.length && chosen < 0; i++) if (isReply(replies[i])) chosen = i;
+      if (chosen < 0) {
         this.stats.unavailable++;
-        return done(req.noreply ? null : NO_REPLICA);
+        return done(req.noreply && !req.cmd.startsWith('m') ? null : NO_REPLICA);
       }
-      done(this.clientReply(req, chosen));
+      done(this.clientReply(req, replies[chosen] as Reply, route[chosen]!));
     };
+    const quiet = Router.quietMeta(req);
     route.forEach((node, idx) => {
-      this.send(node, req.key, data, EXPECT_LINE, (r) => {
+      const cb = (r: ReplyOrErr): void => {
         replies[idx] = r;
         left--;
         if ((!isReply(r) || r.isError) && route.length > 1) this.stats.replicationFailures++;
         if (answered) return;
         if (left === 0) return answer();
         // async: answer as soon as the authority answered successfully.
-        if (this.options.ackMode === 'async' && idx === 0 && isReply(r)) answer();
-      });
+        if (this.options.ackMode === 'async' && idx === 0 && isReply(r) && success(r)) answer();
+      };
+      if (quiet) this.sendQuiet(node, hash, data, cb);
+      else this.send(node, hash, data, EXPECT_LINE, cb);
     });
   }
 
-  /** The reply bytes for the client, honouring noreply / quiet meta. */
-  private clientReply(req: Request, r: Reply): Out {
+  /**
+   * The reply bytes for the client: nothing for noreply or a reply a quiet
+   * meta command suppressed, else the node's reply with its cas token (meta
+   * `c`) rewritten to name `node`.
+   */
+  private clientReply(req: Request, r: Reply, node: number): Out {
+    if (r.absent) return null;
     if (req.noreply) {
       if (!req.cmd.startsWith('m')) return null;
-      // Quiet meta: only the nominal reply is dropped.
-      const nominal =
-        req.cmd === 'mg'
-          ? equals(r.line.subarray(0, 2), 'EN')
-          : equals(r.line.subarray(0, 2), 'HD');
-      if (nominal) return null;
+      // mg with q: only a miss is suppressed (ms/md/ma were sent quiet, the node decided).
+      if (req.cmd === 'mg' && equals(r.line.subarray(0, 2), 'EN')) return null;
     }
-    return r.raw;
+    if (!this.encodeCas || !req.cmd.startsWith('m') || !req.hasFlag('c')) return r.raw;
+    return rewriteMetaCas(r, (cas) => this.casOut(node, cas));
   }
 
   /**
    * Conditional write: the authority decides; on success the resulting item
-   * is copied to the other healthy replicas.
+   * is copied to the other healthy replicas. `build` gives the bytes for a
+   * given authority (a cas token depends on it).
    */
   private conditional(
     req: Request,
-    data: Buffer | Buffer[],
+    build: (authority: number) => Buffer | Buffer[],
+    success: Success,
     done: Done,
-    isSuccess = classicSuccess,
   ): void {
-    const route = this.healthy(req.key);
-    const authority = route[0];
-    if (authority === undefined) {
-      this.stats.unavailable++;
-      return done(NO_REPLICA);
-    }
-    this.send(authority, req.key, data, EXPECT_LINE, (r) => {
-      if (!isReply(r)) {
-        // The command may or may not have run: never replay it elsewhere.
-        this.stats.unavailable++;
-        return done(
-          req.noreply && !req.cmd.startsWith('m') ? null : serverError(`backend failed: ${r.code}`),
-        );
-      }
-      const reply = this.rewriteReplyCas(req, r, authority);
-      if (!isSuccess(r.line) || route.length === 1)
-        return done(this.clientReplyBytes(req, r, reply));
-      const deleted = req.cmd === 'md';
-      if (this.options.ackMode === 'async') {
-        done(this.clientReplyBytes(req, r, reply));
-        this.copy(req.key, authority, route.slice(1), deleted, () => {});
-      } else {
-        this.copy(req.key, authority, route.slice(1), deleted, () =>
-          done(this.clientReplyBytes(req, r, reply)),
-        );
-      }
+    const hash = keyHash(req.key);
+    this.admit(EXCLUSIVE, hash, () => {
+      const route = this.healthy(req.key);
+      this.decide(req, hash, route, 0, build, success, done);
     });
   }
 
-  private clientReplyBytes(req: Request, r: Reply, rewritten: Buffer | Buffer[]): Out {
-    const base = this.clientReply(req, r);
-    return base === null ? null : rewritten;
+  private decide(
+    req: Request,
+    hash: number,
+    route: number[],
+    attempt: number,
+    build: (authority: number) => Buffer | Buffer[],
+    success: Success,
+    done: Done,
+  ): void {
+    const authority = route[attempt];
+    const release = (out: Out): void => {
+      this.order.release(EXCLUSIVE, hash);
+      done(out);
+    };
+    if (authority === undefined) {
+      this.stats.unavailable++;
+      return release(req.noreply && !req.cmd.startsWith('m') ? null : NO_REPLICA);
+    }
+    const cb = (r: ReplyOrErr): void => {
+      if (!isReply(r)) {
+        // Never reached the authority: the next replica decides.
+        if (notSent(r)) return this.decide(req, hash, route, attempt + 1, build, success, done);
+        // The command may or may not have run: never replay it elsewhere.
+        this.stats.unavailable++;
+        return release(
+          req.noreply && !req.cmd.startsWith('m') ? null : serverError(`backend failed: ${r.code}`),
+        );
+      }
+      const out = this.clientReply(req, r, authority);
+      const targets = route.slice(attempt + 1);
+      if (!success(r) || targets.length === 0) return release(out);
+      const deleted = req.cmd === 'md';
+      if (this.options.ackMode === 'async') {
+        done(out);
+        this.copy(hash, req.key, authority, targets, deleted, () =>
+          this.order.release(EXCLUSIVE, hash),
+        );
+      } else {
+        this.copy(hash, req.key, authority, targets, deleted, () => release(out));
+      }
+    };
+    const data = build(authority);
+    if (Router.quietMeta(req)) this.sendQuiet(authority, hash, data, cb);
+    else this.send(authority, hash, data, EXPECT_LINE, cb);
   }
 
   /** Copy the authority's current item for `key` to `targets` (or delete it there). */
   private copy(
+    hash: number,
     key: Buffer,
     authority: number,
     targets: number[],
@@ -517,10 +650,10 @@ export class Router {
       if (--left === 0) cb();
     };
     const del = (): void => {
-      for (const t of targets) this.send(t, key, encodeMeta('md', key, ''), EXPECT_LINE, one);
+      for (const t of targets) this.send(t, hash, encodeMeta('md', key, ''), EXPECT_LINE, one);
     };
     if (deleted) return del();
-    this.send(authority, key, encodeMeta('mg', key, 'v f t'), EXPECT_LINE, (r) => {
+    this.send(authority, hash, encodeMeta('mg', key, 'v f t'), EXPECT_LINE, (r) => {
       if (!isReply(r)) {
         // Cannot read back what the authority holds: the replicas' copies may be stale, drop them.
         this.stats.replicationFailures++;
@@ -531,53 +664,41 @@ export class Router {
       const ttl = Number(meta.get('t') ?? '-1');
       if (ttl === 0) return del();
       const msg = encodeMetaSet(key, r.data, Number(meta.get('f') ?? '0'), ttl < 0 ? 0 : ttl);
-      for (const t of targets) this.send(t, key, msg, EXPECT_LINE, one);
+      for (const t of targets) this.send(t, hash, msg, EXPECT_LINE, one);
     });
   }
 
   private cas(req: Request, done: Done): void {
-    const { node, cas } = this.casIn(req.cas);
-    const route = this.healthy(req.key);
-    if (route.length === 0) {
-      this.stats.unavailable++;
-      return done(NO_REPLICA);
-    }
-    if (this.encodeCas && route[0] !== node) {
-      // The token was issued by another node (or none): it cannot match the authority's item.
-      return done(req.noreply ? null : R.EXISTS);
-    }
-    const line = Buffer.concat([
-      Buffer.from('cas ', 'latin1'),
-      req.key,
-      Buffer.from(` ${req.flags} ${req.exptime} ${req.bytes} ${cas}\r\n`, 'latin1'),
-    ]);
-    this.conditional(req, [line, req.raw.subarray(req.lineLength)], done);
+    const tail = req.raw.subarray(req.lineLength);
+    const build = (authority: number): Buffer[] => [
+      Buffer.concat([
+        Buffer.from('cas ', 'latin1'),
+        req.key,
+        Buffer.from(
+          ` ${req.flags} ${req.exptime} ${req.bytes} ${this.casFor(authority, req.cas)}\r\n`,
+          'latin1',
+        ),
+      ]),
+      tail,
+    ];
+    this.conditional(req, build, classicSuccess, done);
   }
 
   /** ms, md, ma: plain ones go everywhere, conditional ones through the authority. */
   private metaWrite(req: Request, done: Done): void {
     const hasCas = req.hasFlag('C');
-    let data: Buffer | Buffer[] = this.forward(req);
-    if (hasCas) {
-      const { node, cas } = this.casIn(req.cas);
-      const route = this.healthy(req.key);
-      if (this.encodeCas && route[0] !== node) {
-        // A failure status is never suppressed by q.
-        return done(R.EX);
-      }
-      data = this.metaLine(req, cas);
-    }
     const mode = req.mode;
     const plain =
-      (req.cmd === 'ms' && !hasCas && (mode === 0 || mode === 0x53) /* S */ && !req.hasFlag('I')) ||
-      (req.cmd === 'md' && !hasCas);
-    if (plain) return this.writeAll(req, data, done, metaSuccess);
-    return this.conditional(req, data, done, metaSuccess);
-  }
-
-  private rewriteReplyCas(req: Request, r: Reply, node: number): Buffer | Buffer[] {
-    if (!this.encodeCas || !req.cmd.startsWith('m') || !req.hasFlag('c')) return r.raw;
-    return rewriteMetaCas(r, (cas) => this.casOut(node, cas));
+      !hasCas &&
+      ((req.cmd === 'ms' && (mode === 0 || mode === 0x53) /* S */ && !req.hasFlag('I')) ||
+        req.cmd === 'md');
+    // q is passed on (sendQuiet); only a cas token is rewritten.
+    if (plain) return this.plain(req, req.raw, metaSuccess, done);
+    const build = hasCas
+      ? (authority: number): Buffer | Buffer[] =>
+          this.metaLine(req, this.casFor(authority, req.cas), true)
+      : (): Buffer => req.raw;
+    this.conditional(req, build, metaSuccess, done);
   }
 
   // ------------------------------------------------------------------ other
@@ -585,58 +706,99 @@ export class Router {
   /** mg: a read, with failover and read repair; the client's flags shape the reply. */
   private metaGet(req: Request, done: Done): void {
     this.stats.cmdGet++;
+    const hash = keyHash(req.key);
+    this.admit(READ, hash, () =>
+      this.metaGetRun(req, hash, (out) => {
+        this.order.release(READ, hash);
+        done(out);
+      }),
+    );
+  }
+
+  private metaGetRun(req: Request, hash: number, done: Done): void {
     const route = this.healthy(req.key);
-    const data = this.forward(req);
+    // q is emulated here (only EN is suppressed), so the fallback can tell a miss.
+    const data = req.noreply ? this.metaLine(req, null, false) : req.raw;
+    const ttl = req.flagValue('T');
+    let touching = 0;
+    let answer: Out | undefined;
+    const finish = (out: Out): void => {
+      answer = out;
+      if (touching === 0) done(out);
+    };
+    if (ttl !== undefined && route.length > 1) {
+      // mg with T touches: the other replicas get the new TTL too.
+      const msg = Buffer.concat([
+        Buffer.from('touch ', 'latin1'),
+        req.key,
+        Buffer.from(` ${ttl.toString('latin1')}\r\n`, 'latin1'),
+      ]);
+      for (let a = 1; a < route.length; a++) {
+        touching++;
+        this.send(route[a]!, hash, msg, EXPECT_LINE, () => {
+          if (--touching === 0 && answer !== undefined) done(answer);
+        });
+      }
+    }
     const attempt = (a: number): void => {
       const node = route[a];
       if (node === undefined) {
         this.stats.unavailable++;
-        return done(NO_REPLICA);
+        return finish(NO_REPLICA);
       }
-      this.send(node, req.key, data, EXPECT_LINE, (r) => {
+      this.send(node, hash, data, EXPECT_LINE, (r) => {
         if (!isReply(r)) return attempt(a + 1);
         const miss = equals(r.line.subarray(0, 2), 'EN');
-        if (miss && route[a + 1] !== undefined) {
+        const next = route[a + 1];
+        if (miss && next !== undefined) {
           // Look further; repair this node if a later replica has it.
-          return this.send(
-            route[a + 1]!,
-            req.key,
-            encodeMeta('mg', req.key, 'v f t'),
-            EXPECT_LINE,
-            (f) => {
-              if (isReply(f) && startsWith(f.line, 'VA ')) {
-                const meta = parseMetaFlags(f.line);
-                const ttl = Number(meta.get('t') ?? '-1');
-                if (ttl !== 0)
-                  this.repair(node, req.key, f.data, Number(meta.get('f') ?? '0'), ttl);
-                this.stats.failoverReads++;
-                // Answer in the client's own format from the replica that has it.
-                return this.send(route[a + 1]!, req.key, data, EXPECT_LINE, (g) => {
-                  if (!isReply(g)) return done(this.clientReply(req, r));
-                  this.stats.getHits++;
-                  done(this.clientReplyBytes(req, g, this.rewriteReplyCas(req, g, route[a + 1]!)));
-                });
-              }
-              this.stats.getMisses++;
-              done(this.clientReply(req, r));
-            },
-          );
+          return this.send(next, hash, encodeMeta('mg', req.key, 'v f t'), EXPECT_LINE, (f) => {
+            if (isReply(f) && startsWith(f.line, 'VA ')) {
+              const meta = parseMetaFlags(f.line);
+              const t = Number(meta.get('t') ?? '-1');
+              if (t !== 0)
+                this.repair(node, hash, req.key, f.data, Number(meta.get('f') ?? '0'), t);
+              this.stats.failoverReads++;
+              // Answer in the client's own format from the replica that has it.
+              return this.send(next, hash, data, EXPECT_LINE, (g) => {
+                if (!isReply(g)) return finish(this.clientReply(req, r, node));
+                this.stats.getHits++;
+                finish(this.clientReply(req, g, next));
+              });
+            }
+            this.stats.getMisses++;
+            finish(this.clientReply(req, r, node));
+          });
         }
         if (miss) this.stats.getMisses++;
         else if (!r.isError) this.stats.getHits++;
-        done(this.clientReplyBytes(req, r, this.rewriteReplyCas(req, r, node)));
+        finish(this.clientReply(req, r, node));
       });
     };
     attempt(0);
   }
 
-  /** Commands answered by one node (me): the first healthy replica. */
-  private first(req: Request, done: Done): void {
-    const node = this.healthy(req.key)[0];
-    if (node === undefined) return done(NO_REPLICA);
-    this.send(node, req.key, req.raw, EXPECT_LINE, (r) => done(isReply(r) ? r.raw : NO_REPLICA));
+  /** me (debug): answered by the first healthy replica that answers. */
+  private metaDebug(req: Request, done: Done): void {
+    const hash = keyHash(req.key);
+    this.admit(READ, hash, () => {
+      const route = this.healthy(req.key);
+      const release = (out: Out): void => {
+        this.order.release(READ, hash);
+        done(out);
+      };
+      const attempt = (a: number): void => {
+        const node = route[a];
+        if (node === undefined) return release(NO_REPLICA);
+        this.send(node, hash, req.raw, EXPECT_LINE, (r) =>
+          isReply(r) ? release(r.raw) : attempt(a + 1),
+        );
+      };
+      attempt(0);
+    });
   }
 
+  /** flush_all: every node that is up (the session orders it with the client's other commands). */
   private flushAll(req: Request, done: Done): void {
     const up = this.nodes.filter((n) => n.isUp);
     if (up.length === 0) return done(req.noreply ? null : NO_REPLICA);
@@ -644,7 +806,7 @@ export class Router {
     let left = up.length;
     let ok = false;
     for (const n of up) {
-      this.send(n.index, req.raw, data, EXPECT_LINE, (r) => {
+      this.send(n.index, 0, data, EXPECT_LINE, (r) => {
         if (isReply(r) && equals(r.line, 'OK')) ok = true;
         if (--left === 0) done(req.noreply ? null : ok ? R.OK : NO_REPLICA);
       });
@@ -673,6 +835,7 @@ export class Router {
       ['cmd_flush', s.cmdFlush],
       ['get_hits', s.getHits],
       ['get_misses', s.getMisses],
+      ['proxy_version', this.options.proxyVersion],
       ['proxy_client_errors', s.clientErrors],
       ['proxy_failover_reads', s.failoverReads],
       ['proxy_read_repairs', s.readRepairs],
@@ -680,6 +843,7 @@ export class Router {
       ['proxy_unavailable', s.unavailable],
       ['proxy_backend_timeouts', s.backendTimeouts],
       ['proxy_backend_errors', s.backendErrors],
+      ['proxy_keys_ordered', this.order.size],
       ['proxy_replicas', this.options.replicas],
       ['proxy_nodes', this.nodes.length],
       ['proxy_nodes_up', this.nodes.filter((n) => n.isUp).length],
@@ -695,21 +859,31 @@ export class Router {
   }
 }
 
-/** Plain write success: STORED, DELETED, TOUCHED, meta HD. */
-function plainSuccess(line: Buffer): boolean {
+/** Plain write success: STORED, DELETED, TOUCHED, meta HD (or a suppressed quiet reply). */
+function plainSuccess(r: Reply): boolean {
+  const line = r.line;
   return (
-    equals(line, 'STORED') ||
-    equals(line, 'DELETED') ||
-    equals(line, 'TOUCHED') ||
-    metaSuccess(line)
+    equals(line, 'STORED') || equals(line, 'DELETED') || equals(line, 'TOUCHED') || metaSuccess(r)
   );
 }
 
 /** Conditional write success: STORED, or a number for incr/decr. */
-function classicSuccess(line: Buffer): boolean {
+function classicSuccess(r: Reply): boolean {
+  const line = r.line;
   if (equals(line, 'STORED')) return true;
   const c = line[0];
   return c !== undefined && c >= 0x30 && c <= 0x39;
+}
+
+/** A meta reply's status is success (HD, VA, OK for old servers), or a quiet success (absent). */
+function metaSuccess(r: Reply): boolean {
+  if (r.absent) return true;
+  const line = r.line;
+  return (
+    equals(line.subarray(0, 2), 'HD') ||
+    startsWith(line, 'VA ') ||
+    equals(line.subarray(0, 2), 'OK')
+  );
 }
 
 /** Return flags of a meta reply line ("HD c12 t-1 f0" or "VA 5 f0 t-1") by letter. */

@@ -11,7 +11,7 @@ import { type Config, nodeLabel } from '../config.js';
 import { Ring } from '../routing/ring.js';
 import { Router } from '../routing/router.js';
 import { Stats } from '../stats.js';
-import { VERSION, memcachedVersion } from '../version.js';
+import { PROTOCOL_VERSION, VERSION } from '../version.js';
 import { ClientSession } from './session.js';
 
 export class Proxy {
@@ -51,7 +51,12 @@ export class Proxy {
     this.router = new Router(
       this.nodes,
       this.ring,
-      { replicas: config.replicas, ackMode: config.ackMode, version: memcachedVersion() },
+      {
+        replicas: config.replicas,
+        ackMode: config.ackMode,
+        version: PROTOCOL_VERSION,
+        proxyVersion: VERSION,
+      },
       this.stats,
     );
     // allowHalfOpen: a client may shut down its sending side and still read the replies.

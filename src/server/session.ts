@@ -44,6 +44,12 @@ export class ClientSession {
   private paused = false;
   private closed = false;
   private closing = false;
+  /** Commands dispatched to the router and not yet answered. */
+  private running = 0;
+  /** A flush_all is running. */
+  private barrier = false;
+  /** Commands waiting behind a barrier: request, slot, request, slot, ... */
+  private held: (Request | Slot)[] = [];
 
   constructor(socket: net.Socket, router: Router, stats: Stats, options: SessionOptions) {
     this.socket = socket;
@@ -92,7 +98,38 @@ export class ClientSession {
       this.fill(slot, null);
       return;
     }
-    this.router.execute(req, (out) => this.fill(slot, out));
+    if (this.held.length > 0 || this.barrier || (req.cmd === 'flush_all' && this.running > 0)) {
+      this.held.push(req, slot);
+      return;
+    }
+    this.dispatch(req, slot);
+  }
+
+  /**
+   * Keyed commands are ordered per key by the router. flush_all touches every
+   * key, so it is a barrier for this client: it starts once everything before
+   * it has been answered, and nothing after it starts before it is answered.
+   */
+  private dispatch(req: Request, slot: Slot): void {
+    this.running++;
+    const barrier = req.cmd === 'flush_all';
+    if (barrier) this.barrier = true;
+    this.router.execute(req, (out) => {
+      this.running--;
+      if (barrier) this.barrier = false;
+      this.fill(slot, out);
+      if (this.held.length > 0) this.dispatchHeld();
+    });
+  }
+
+  private dispatchHeld(): void {
+    while (this.held.length > 0 && !this.barrier && !this.closed) {
+      const req = this.held[0] as Request;
+      if (req.cmd === 'flush_all' && this.running > 0) return;
+      const slot = this.held[1] as Slot;
+      this.held.splice(0, 2);
+      this.dispatch(req, slot);
+    }
   }
 
   private onProtocolError(err: ProtocolError): void {

@@ -10,7 +10,7 @@ import net from 'node:net';
 import { expect } from 'chai';
 import { parseConfig } from '../../src/config.js';
 import { Ring } from '../../src/routing/ring.js';
-import { memcachedVersion } from '../../src/version.js';
+import { PROTOCOL_VERSION, VERSION } from '../../src/version.js';
 import { Memcached, sleep } from '../helpers/memcached.js';
 import {
   type Cluster,
@@ -181,10 +181,10 @@ describe('proxy: classic commands answer as memcached does', function () {
     expect(c2).to.equal(c1);
   });
 
-  it('version answers VERSION 1.6.0-msproxy-<version>', async function () {
+  it("version answers the plain 1.6 protocol version, msproxy's own is in stats", async function () {
     const v = await p.command('version');
-    expect(v).to.equal(`VERSION ${memcachedVersion()}\r\n`);
-    expect(v).to.match(/^VERSION 1\.6\.0-msproxy-\S+\r\n$/);
+    expect(v).to.equal(`VERSION ${PROTOCOL_VERSION}\r\n`);
+    expect(v).to.match(/^VERSION 1\.6\.\d+\r\n$/);
     expect(await d.command('version')).to.match(/^VERSION 1\.6\.\d+\r\n$/);
   });
 
@@ -199,7 +199,8 @@ describe('proxy: classic commands answer as memcached does', function () {
     for (const n of ['pid', 'uptime', 'version', 'curr_connections', 'cmd_get', 'get_hits']) {
       expect(names).to.include(n);
     }
-    expect(lines).to.include(`STAT version ${memcachedVersion()}`);
+    expect(lines).to.include(`STAT version ${PROTOCOL_VERSION}`);
+    expect(lines).to.include(`STAT proxy_version ${VERSION}`);
   });
 
   it('verbosity and flush_all', async function () {
@@ -342,12 +343,18 @@ describe('proxy: meta commands', function () {
     const token = BigInt(/c(\d+)/.exec(await p.command(`mg ${k} c`))![1]!);
     const { other } = placement(c, k);
     const foreign = tokenFor(other, token);
+    const missing = uniq('exo-missing');
     const out = await p.script(
-      `ms ${k} 1 C${foreign} O12 k\r\nx\r\nmd ${k} C${foreign} O5 k\r\nma ${k} C${foreign} O3 k\r\n`,
+      `ms ${k} 1 C${foreign} O12 k\r\nx\r\nmd ${k} C${foreign} O5 k\r\nma ${k} C${foreign} O3 k\r\n` +
+        `ma ${missing} C${foreign} O4\r\nms ${missing} 1 C${foreign} q O6\r\nx\r\nmn\r\n`,
     );
-    // memcached answers a cas mismatch with the opaque and key echoed: "EX O12 k<key>".
-    expect(out).to.equal(`EX O12 k${k}\r\nEX O5 k${k}\r\nEX O3 k${k}\r\n`);
+    // memcached answers a cas mismatch with the opaque and key echoed ("EX O12 k<key>"),
+    // checks the token before the value is numeric, and answers NF for a missing item.
+    expect(out).to.equal(`EX O12 k${k}\r\nEX O5 k${k}\r\nEX O3 k${k}\r\nNF O4\r\nNF O6\r\nMN\r\n`);
     expect(await p.command(`mg ${k} v`)).to.equal('VA 1\r\na\r\n');
+    // A token of 0 is memcached's own "no compare" for ma: passed on as is.
+    await p.command(`ms ${k} 1`, '5');
+    expect(await p.command(`ma ${k} C0 v`)).to.equal('VA 1\r\n6\r\n');
   });
 });
 
@@ -734,10 +741,10 @@ describe("proxy: one client's pipelined commands take effect in order", function
 
   it('a multi-get is not overtaken by a delete pipelined after it to one of its other keys', async function () {
     // White box: the router spreads a node's requests over its connections by FNV-1a of the
-    // key (router.ts lane()) and sends a multi-get on its first key's lane. Keys a and b share
-    // a primary but not a lane, so "get a b" and "delete b" travel on different connections.
-    // The 100 gets queued before it on a's connection make memcached (20 requests per event)
-    // turn to the other connection, and run the delete, first. A race: 40 rounds.
+    // key (router.ts keyHash()). Keys a and b share a primary but not a lane. If "get a b" went
+    // on a's lane only, "delete b" would travel on another connection, and the 100 gets queued
+    // before it on a's connection would make memcached (20 requests per event) turn to the
+    // other connection and run the delete first. A race: 40 rounds.
     const lane = (key: string): number => {
       let h = 0x811c9dc5;
       for (const ch of Buffer.from(key)) h = Math.imul(h ^ ch, 0x01000193);
@@ -759,6 +766,42 @@ describe("proxy: one client's pipelined commands take effect in order", function
       if (out !== want) wrong.push(`${a} ${b}: ${JSON.stringify(out.slice(-80))}`);
     }
     expect(wrong, wrong.slice(0, 3).join('\n')).to.deep.equal([]);
+  });
+
+  it("a read repair does not undo another client's delete sent while the read looked further", async function () {
+    // The key is only on its backup, as after the primary restarted empty. Client A's get misses
+    // on the primary and looks on the backup, which is paused; client B's delete arrives then.
+    // The read must finish (and repair) before the delete goes out, or the repair would put the
+    // deleted item back on the primary (a logged-out session logged back in).
+    const k = uniq('rr');
+    const { primary, backup } = placement(c, k);
+    const b = await direct(c.nodes[backup]!);
+    await b.command(`set ${k} 0 0 2`, 'v0');
+    b.close();
+    const other = await MemcacheClient.connect(c.port);
+    try {
+      // Paused for well under the 250 ms request timeout, so the backup is not marked down.
+      c.nodes[backup]!.pause();
+      let read: Promise<string>;
+      let deleted: Promise<string>;
+      try {
+        read = p.command(`get ${k}`);
+        // The primary's miss is back by now; the look at the backup waits.
+        await sleep(30);
+        deleted = other.command(`delete ${k}`);
+        await sleep(30);
+      } finally {
+        c.nodes[backup]!.resume();
+      }
+      expect(await read).to.equal(`VALUE ${k} 0 2\r\nv0\r\nEND\r\n`);
+      expect(await deleted).to.equal('DELETED\r\n');
+      await sleep(20);
+      expect(await peek(c.nodes[primary]!, k), 'primary').to.equal(null);
+      expect(await peek(c.nodes[backup]!, k), 'backup').to.equal(null);
+      expect(await p.command(`get ${k}`)).to.equal('END\r\n');
+    } finally {
+      other.close();
+    }
   });
 
   it('flush_all is ordered with the keyed commands around it', async function () {
@@ -1236,7 +1279,7 @@ describe('proxy: every node down', function () {
     const replies = await p.pipeline([...commands, 'version', 'mn']);
     expect(Date.now() - t0).to.be.lessThan(1000);
     expect(replies.pop()).to.equal('MN\r\n');
-    expect(replies.pop()).to.equal(`VERSION ${memcachedVersion()}\r\n`);
+    expect(replies.pop()).to.equal(`VERSION ${PROTOCOL_VERSION}\r\n`);
     check(replies);
   });
 

@@ -1,0 +1,131 @@
+/**
+ * Per-key admission order, shared by every client of one proxy process.
+ *
+ * Contract: commands on one key take effect in the order msproxy received
+ * them. Each node's connection for a key (its lane) is FIFO, so commands that
+ * are fully sent at once (plain writes, reads that hit) stay ordered on their
+ * own. What breaks order are the commands with a second round trip decided by
+ * the first one's reply:
+ *
+ * - a read that misses goes on to the next replica (failover, read repair);
+ *   a write sent meanwhile could be seen by that second look, or a delete
+ *   could be undone by the repair;
+ * - a conditional write copies the authority's item to the other replicas
+ *   after the authority answered; a write sent meanwhile could reach a
+ *   replica before that copy and be overwritten by it.
+ *
+ * So a key has reader and exclusive holders: reads share the key with other
+ * reads, a conditional write holds it alone, and a plain write waits until no
+ * read or conditional write that came before it is still running (it holds
+ * nothing once sent: lane FIFO orders everything after it). A command that
+ * must wait is queued per key; a multi-key read takes its keys one by one in
+ * queue order, which cannot deadlock because every queue is in arrival order.
+ *
+ * Keys are identified by a 32-bit hash: two keys that collide only wait for
+ * each other, which is slower but never wrong.
+ */
+
+export const READ = 0;
+export const WRITE = 1;
+export const EXCLUSIVE = 2;
+export type Kind = typeof READ | typeof WRITE | typeof EXCLUSIVE;
+
+/** A command waiting for its keys. */
+export class Ticket {
+  /** Keys not yet acquired. */
+  pending = 0;
+  constructor(
+    readonly kind: Kind,
+    readonly run: () => void,
+  ) {}
+}
+
+class Entry {
+  reads = 0;
+  exclusive = 0;
+  queue: Ticket[] = [];
+}
+
+export class KeyOrder {
+  private readonly keys = new Map<number, Entry>();
+
+  /** Keys currently held or waited for (for stats and tests). */
+  get size(): number {
+    return this.keys.size;
+  }
+
+  /**
+   * Acquire `hash` for a command of `kind` if nothing before it is in the way.
+   * Returns false when it must wait; the caller then uses `wait`.
+   */
+  tryAcquire(kind: Kind, hash: number): boolean {
+    const e = this.keys.get(hash);
+    if (e === undefined) {
+      if (kind === WRITE) return true;
+      const n = new Entry();
+      if (kind === READ) n.reads = 1;
+      else n.exclusive = 1;
+      this.keys.set(hash, n);
+      return true;
+    }
+    if (e.queue.length > 0 || !admits(e, kind)) return false;
+    if (kind === READ) e.reads++;
+    else if (kind === EXCLUSIVE) e.exclusive++;
+    return true;
+  }
+
+  /** Acquire every hash for a read, all or none. */
+  tryAcquireReads(hashes: readonly number[]): boolean {
+    for (const h of hashes) {
+      const e = this.keys.get(h);
+      if (e !== undefined && (e.queue.length > 0 || e.exclusive > 0)) return false;
+    }
+    for (const h of hashes) this.tryAcquire(READ, h);
+    return true;
+  }
+
+  /** Queue a command on its keys; `ticket.run` is called once it holds all of them. */
+  wait(ticket: Ticket, hashes: readonly number[]): void {
+    ticket.pending = hashes.length;
+    for (const h of hashes) {
+      let e = this.keys.get(h);
+      if (e === undefined) this.keys.set(h, (e = new Entry()));
+      e.queue.push(ticket);
+    }
+    // Keys with no one ahead can be taken at once.
+    const ready: Ticket[] = [];
+    for (const h of hashes) this.pump(h, ready);
+    for (const t of ready) t.run();
+  }
+
+  /** Release a key held by a command of `kind` (READ or EXCLUSIVE). */
+  release(kind: Kind, hash: number): void {
+    const e = this.keys.get(hash);
+    if (e === undefined) return;
+    if (kind === READ) e.reads--;
+    else if (kind === EXCLUSIVE) e.exclusive--;
+    const ready: Ticket[] = [];
+    this.pump(hash, ready);
+    for (const t of ready) t.run();
+  }
+
+  /** Admit queued commands at the head of `hash`'s queue; collect those now holding every key. */
+  private pump(hash: number, ready: Ticket[]): void {
+    const e = this.keys.get(hash);
+    if (e === undefined) return;
+    while (e.queue.length > 0) {
+      const t = e.queue[0]!;
+      if (!admits(e, t.kind)) break;
+      e.queue.shift();
+      if (t.kind === READ) e.reads++;
+      else if (t.kind === EXCLUSIVE) e.exclusive++;
+      if (--t.pending === 0) ready.push(t);
+    }
+    if (e.reads === 0 && e.exclusive === 0 && e.queue.length === 0) this.keys.delete(hash);
+  }
+}
+
+function admits(e: Entry, kind: Kind): boolean {
+  if (kind === READ) return e.exclusive === 0;
+  return e.reads === 0 && e.exclusive === 0;
+}

@@ -234,13 +234,18 @@ export class RequestParser {
     return startsWith(line, i, 'get ') || startsWith(line, i, 'gets ');
   }
 
-  private fail(message: string, silent: boolean, close = false): void {
+  private fail(
+    message: string,
+    silent: boolean,
+    close = false,
+    unlink: Buffer | null = null,
+  ): void {
     if (close) {
       this.state = ST_CLOSED;
       this.parts = [];
       this.partsLength = 0;
     }
-    this.sink.onError(new ProtocolError(message, silent, close));
+    this.sink.onError(new ProtocolError(message, silent, close, unlink));
   }
 
   /** Split [0, end) on spaces, like memcached's tokenizer (but without its token cap). */
@@ -461,7 +466,8 @@ export class RequestParser {
     }
     if (!this.fits(this.tokLength(1), flags!, vlen)) {
       this.swallow(vlen + 2);
-      this.fail(ERR.tooLarge, noreply);
+      // memcached unlinks the old item for set only (add/replace/append/prepend/cas keep it).
+      this.fail(ERR.tooLarge, noreply, false, cmd === 'set' ? this.tok(line, 1) : null);
       return;
     }
     const req = this.newRequest(cmd, line);
@@ -740,7 +746,8 @@ export class RequestParser {
     }
     if (err !== undefined) {
       this.swallow(vlen + 2);
-      this.fail(err, false);
+      // A too-large ms unlinks the old item whatever its mode, as memcached 1.6.18 does.
+      this.fail(err, false, false, err === ERR.tooLarge ? req.keys[0]! : null);
       return;
     }
     req.bytes = vlen;

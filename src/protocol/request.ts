@@ -127,6 +127,12 @@ export class ProtocolError {
     readonly message: string,
     readonly silent: boolean,
     readonly close: boolean,
+    /**
+     * A key whose stored item memcached drops along with this error: a `set`
+     * or `ms` too large for the cache unlinks the old value, so a client never
+     * reads back the value it just tried to replace.
+     */
+    readonly unlink: Buffer | null = null,
   ) {}
 
   get reply(): Buffer {

@@ -36,9 +36,10 @@ import {
   encodeMetaSet,
   encodeStats,
   encodeVersion,
+  metaKey,
   serverError,
 } from '../protocol/encoder.js';
-import type { Request } from '../protocol/request.js';
+import { Request } from '../protocol/request.js';
 import {
   EXPECT_LINE,
   EXPECT_QUIET,
@@ -101,6 +102,15 @@ export function keyHash(key: Buffer): number {
 }
 
 function noop(): void {}
+
+/** A plain `md` of `key` on every replica (how msproxy mirrors memcached's unlink on a failed set). */
+export function unlinkRequest(key: Buffer): Request {
+  const raw = encodeMeta('md', key, '');
+  const req = new Request('md', raw, raw.length);
+  req.keys = [key];
+  req.wireKeys = [metaKey(key).token];
+  return req;
+}
 
 export class Router {
   private readonly nodes: readonly BackendNode[];

@@ -12,7 +12,7 @@
  */
 
 import type net from 'node:net';
-import type { Out, Router } from '../routing/router.js';
+import { type Out, type Router, unlinkRequest } from '../routing/router.js';
 import { RequestParser } from '../protocol/request-parser.js';
 import type { ProtocolError, Request } from '../protocol/request.js';
 import type { Stats } from '../stats.js';
@@ -26,6 +26,9 @@ export interface SessionOptions {
 class Slot {
   out: Out = null;
   ready = false;
+  /** The reply is `fixed`, whatever the command's own reply (an error with a side effect). */
+  hasFixed = false;
+  fixed: Out = null;
   /** Close the connection once this slot is written (quit, or a fatal protocol error). */
   close = false;
   next: Slot | null = null;
@@ -98,6 +101,10 @@ export class ClientSession {
       this.fill(slot, null);
       return;
     }
+    this.submit(req, slot);
+  }
+
+  private submit(req: Request, slot: Slot): void {
     if (this.held.length > 0 || this.barrier || (req.cmd === 'flush_all' && this.running > 0)) {
       this.held.push(req, slot);
       return;
@@ -117,7 +124,7 @@ export class ClientSession {
     this.router.execute(req, (out) => {
       this.running--;
       if (barrier) this.barrier = false;
-      this.fill(slot, out);
+      this.fill(slot, slot.hasFixed ? slot.fixed : out);
       if (this.held.length > 0) this.dispatchHeld();
     });
   }
@@ -139,7 +146,12 @@ export class ClientSession {
       slot.close = true;
       this.closing = true;
     }
-    this.fill(slot, err.silent ? null : err.reply);
+    const reply = err.silent ? null : err.reply;
+    if (err.unlink === null) return this.fill(slot, reply);
+    // memcached drops the old item with this error: delete it on the replicas, then answer.
+    slot.hasFixed = true;
+    slot.fixed = reply;
+    this.submit(unlinkRequest(err.unlink), slot);
   }
 
   private fill(slot: Slot, out: Out): void {

@@ -181,6 +181,34 @@ describe('proxy: classic commands answer as memcached does', function () {
     expect(c2).to.equal(c1);
   });
 
+  it('a set or ms too large for the cache drops the old item everywhere, as memcached does', async function () {
+    // memcached unlinks the old item on a too-large set (noreply too) and ms (any mode), but not
+    // on add/replace/append/prepend/cas: a client never reads back what it failed to replace.
+    const big = 'x'.repeat(1100 * 1024);
+    const n = big.length;
+    const keys = ['tl:set', 'tl:setq', 'tl:add', 'tl:app', 'tl:ms', 'tl:msa', 'tl:mse'];
+    const script =
+      keys.map((k) => `set ${k} 0 0 1\r\n1\r\n`).join('') +
+      `set tl:set 0 0 ${n}\r\n${big}\r\nset tl:setq 0 0 ${n} noreply\r\n${big}\r\n` +
+      `add tl:add 0 0 ${n}\r\n${big}\r\nappend tl:app 0 0 ${n}\r\n${big}\r\n` +
+      `ms tl:ms ${n}\r\n${big}\r\nms tl:msa ${n} MA\r\n${big}\r\nms tl:mse ${n} ME\r\n${big}\r\n` +
+      `get ${keys.join(' ')}\r\n`;
+    const [a, b] = await both(script);
+    expect(b).to.equal(a);
+    expect(a.endsWith('VALUE tl:add 0 1\r\n1\r\nVALUE tl:app 0 1\r\n1\r\nEND\r\n'), a).to.equal(
+      true,
+    );
+    for (const k of keys) {
+      const { primary, backup } = placement(c, k);
+      const kept = k === 'tl:add' || k === 'tl:app' ? '1' : null;
+      for (const node of [primary, backup]) {
+        expect((await peek(c.nodes[node]!, k))?.value ?? null, `${k} on node ${node}`).to.equal(
+          kept,
+        );
+      }
+    }
+  });
+
   it("version answers the plain 1.6 protocol version, msproxy's own is in stats", async function () {
     const v = await p.command('version');
     expect(v).to.equal(`VERSION ${PROTOCOL_VERSION}\r\n`);
@@ -1305,6 +1333,57 @@ describe('proxy: every node down', function () {
 });
 
 // --------------------------------------------------------------------------
+
+describe('ack mode async', function () {
+  let c: Cluster;
+  let p: MemcacheClient;
+
+  before(async function () {
+    c = await startCluster({ ackMode: 'async' });
+    p = await MemcacheClient.connect(c.port);
+  });
+
+  after(async function () {
+    p?.close();
+    await c?.stop();
+  });
+
+  async function onReplicas(k: string): Promise<(string | null)[]> {
+    const { primary, backup } = placement(c, k);
+    return Promise.all(
+      [primary, backup].map(async (n) => (await peek(c.nodes[n]!, k))?.value ?? null),
+    );
+  }
+
+  it('answers writes and completes them on every replica', async function () {
+    const s = uniq('as');
+    const a = uniq('aa');
+    const i = uniq('ai');
+    expect(
+      await p.script(
+        `set ${s} 0 0 1\r\n1\r\nadd ${a} 0 0 1\r\n2\r\nset ${i} 0 0 1\r\n5\r\nincr ${i} 3\r\n`,
+      ),
+    ).to.equal('STORED\r\nSTORED\r\nSTORED\r\n8\r\n');
+    for (const [k, v] of [
+      [s, '1'],
+      [a, '2'],
+      [i, '8'],
+    ] as const) {
+      await until(`${k} on both replicas`, 2000, async () =>
+        (await onReplicas(k)).every((x) => x === v),
+      );
+    }
+  });
+
+  it('a write after a conditional one still lands after its background copy', async function () {
+    const k = uniq('ao');
+    expect(
+      await p.script(`add ${k} 0 0 1\r\n1\r\nincr ${k} 1\r\nset ${k} 0 0 1\r\n9\r\n`),
+    ).to.equal('STORED\r\n2\r\nSTORED\r\n');
+    await sleep(50);
+    expect(await onReplicas(k)).to.deep.equal(['9', '9']);
+  });
+});
 
 describe('config: listen port 0', function () {
   it('parseConfig accepts listen port 0 (Proxy.address reports the bound port)', function () {

@@ -73,9 +73,17 @@ export const configSchema = z
         failureThreshold: z.number().int().min(1).default(2),
         /** First probe delay of a down node; doubles up to probeMaxMs, with jitter. */
         probeMs: duration.default(100),
-        probeMaxMs: duration.default(2000),
+        probeMaxMs: duration.default(500),
       })
-      .default({ connections: 2, failureThreshold: 2, probeMs: 100, probeMaxMs: 2000 }),
+      .default({ connections: 2, failureThreshold: 2, probeMs: 100, probeMaxMs: 500 }),
+    recovery: z
+      .strictObject({
+        /** Keys a down node's outage log holds; past it the node is flushed on rejoin. */
+        outageLogMax: z.number().int().min(0).default(100000),
+        /** Keys per second copied to a node that restarted empty (0: no re-sync). */
+        resyncRate: z.number().int().min(0).default(5000),
+      })
+      .default({ outageLogMax: 100000, resyncRate: 5000 }),
     limits: z
       .strictObject({
         maxClients: z.number().int().min(1).default(10000),

@@ -6,15 +6,20 @@
  * at once with NODE_DOWN, so routes can skip it without waiting. A node goes
  * down after `failureThreshold` consecutive transport failures (a refused
  * connection counts at once: nothing listens there); while down, a probe
- * with exponential backoff and jitter connects and asks `version`, and the
- * node serves again only after it answered. Each state change is logged
- * once.
+ * with exponential backoff and jitter connects and asks `stats`. An answer
+ * does not bring the node back by itself: the owner (`onProbe`) first fences
+ * it (brings what it missed up to date, through `sendDirect`) and then calls
+ * `markUp()`. Each state change is logged once.
+ *
+ * Every new connection asks `stats` before anything else, so a node that
+ * restarted (new pid, later boot time, fewer total connections) is noticed
+ * even if no request failed meanwhile (`onRestart`).
  */
 
 import type { Logger } from 'pino';
 import { BackendError, NODE_DOWN } from '../errors.js';
-import type { Expectation } from '../protocol/response-parser.js';
-import { EXPECT_LINE } from '../protocol/response-parser.js';
+import type { Expectation, Reply } from '../protocol/response-parser.js';
+import { EXPECT_LINES } from '../protocol/response-parser.js';
 import { BackendConnection, type ReplyCallback } from './connection.js';
 
 export interface NodeOptions {
@@ -34,9 +39,48 @@ export interface NodeOptions {
 export interface NodeEvents {
   onUp(node: BackendNode): void;
   onDown(node: BackendNode, reason: string): void;
+  /** A probe was answered; call `markUp()` once the node may serve (`restarted`: it lost its data). */
+  onProbe(node: BackendNode, restarted: boolean): void;
+  /** A node that was up turned out to have restarted (it is empty). */
+  onRestart(node: BackendNode): void;
 }
 
-const VERSION = Buffer.from('version\r\n');
+/** Who a memcached process is, from its `stats`. */
+export interface Identity {
+  pid: number;
+  /** Server time minus uptime, in seconds. */
+  boot: number;
+  totalConnections: number;
+}
+
+const STATS = Buffer.from('stats\r\n');
+
+/** Parse the identity rows of a `stats` reply. */
+export function identityOf(reply: Reply | null): Identity | null {
+  if (reply === null || reply.lines === null) return null;
+  let pid = -1;
+  let uptime = -1;
+  let time = -1;
+  let total = -1;
+  for (const l of reply.lines) {
+    const t = l.toString('latin1').split(' ');
+    if (t[1] === 'pid') pid = Number(t[2]);
+    else if (t[1] === 'uptime') uptime = Number(t[2]);
+    else if (t[1] === 'time') time = Number(t[2]);
+    else if (t[1] === 'total_connections') total = Number(t[2]);
+  }
+  if (pid < 0 || uptime < 0 || time < 0) return null;
+  return { pid, boot: time - uptime, totalConnections: total };
+}
+
+/** Whether `now` is a different (restarted) process than `before`. */
+export function restartedSince(before: Identity, now: Identity): boolean {
+  return (
+    now.pid !== before.pid ||
+    Math.abs(now.boot - before.boot) > 1 ||
+    (before.totalConnections >= 0 && now.totalConnections < before.totalConnections)
+  );
+}
 
 export class BackendNode {
   readonly index: number;
@@ -51,6 +95,8 @@ export class BackendNode {
   private probeTimer: NodeJS.Timeout | null = null;
   private probeConn: BackendConnection | null = null;
   private stopped = false;
+  /** The process last seen on this node, once known. */
+  identity: Identity | null = null;
   /** Counters for stats. */
   requests = 0;
   errors = 0;
@@ -88,6 +134,20 @@ export class BackendNode {
       queueMicrotask(() => cb(NODE_DOWN, null));
       return;
     }
+    this.sendDirect(lane, data, expect, cb);
+  }
+
+  /** Send whether or not the node is up (fencing a node before it serves again). */
+  sendDirect(
+    lane: number,
+    data: Buffer | readonly Buffer[],
+    expect: Expectation,
+    cb: ReplyCallback,
+  ): void {
+    if (this.stopped) {
+      queueMicrotask(() => cb(NODE_DOWN, null));
+      return;
+    }
     this.requests++;
     const conn = this.connection(lane % this.conns.length);
     conn.send(data, expect, (err, reply) => {
@@ -95,6 +155,11 @@ export class BackendNode {
       else this.failures = 0;
       cb(err, reply);
     });
+  }
+
+  /** Open the first connection (which learns the node's identity). */
+  start(): void {
+    if (this.up && !this.stopped) this.connection(0);
   }
 
   /** The connection index a lane maps to: requests on one lane share it. */
@@ -112,6 +177,23 @@ export class BackendNode {
   }
 
   private open(): BackendConnection {
+    const conn = this.connect();
+    // First on the connection: who answers here? A restart empties the node.
+    conn.send(STATS, EXPECT_LINES, (err, reply) => {
+      if (err !== null) return;
+      const id = identityOf(reply);
+      if (id === null) return;
+      const before = this.identity;
+      this.identity = id;
+      if (before !== null && restartedSince(before, id) && this.up) {
+        this.log.warn({ node: this.label, address: this.address, pid: id.pid }, 'node restarted');
+        this.events.onRestart(this);
+      }
+    });
+    return conn;
+  }
+
+  private connect(): BackendConnection {
     const o = this.options;
     return new BackendConnection(
       {
@@ -168,21 +250,34 @@ export class BackendNode {
   private probe(): void {
     this.probeTimer = null;
     if (this.stopped || this.up) return;
-    const conn = this.open();
+    const conn = this.connect();
     this.probeConn = conn;
-    conn.send(VERSION, EXPECT_LINE, (err, reply) => {
+    conn.send(STATS, EXPECT_LINES, (err, reply) => {
       this.probeConn = null;
-      if (err === null && reply !== null && reply.text.startsWith('VERSION ')) {
-        this.conns[0] = conn;
-        this.markUp();
-      } else {
+      const id = err === null ? identityOf(reply) : null;
+      if (id === null) {
         conn.destroy(new BackendError('MSP_BACKEND_CLOSED', 'probe done'));
         this.scheduleProbe();
+        return;
       }
+      const before = this.identity;
+      this.identity = id;
+      this.conns[0]?.destroy(new BackendError('MSP_BACKEND_CLOSED', 'replaced by probe'));
+      this.conns[0] = conn;
+      this.events.onProbe(this, before !== null && restartedSince(before, id));
     });
   }
 
-  private markUp(): void {
+  /** The fencing of a probed node failed: stay down and probe again later. */
+  probeLater(reason: string): void {
+    if (this.stopped || this.up) return;
+    this.log.warn({ node: this.label, address: this.address, reason }, 'node rejoin failed');
+    this.scheduleProbe();
+  }
+
+  /** Serve again (after the owner fenced the node). */
+  markUp(): void {
+    if (this.up || this.stopped) return;
     this.up = true;
     this.failures = 0;
     this.log.info({ node: this.label, address: this.address }, 'node up');

@@ -34,6 +34,8 @@ export type Kind = typeof READ | typeof WRITE | typeof EXCLUSIVE;
 export class Ticket {
   /** Keys not yet acquired. */
   pending = 0;
+  /** The key of a WRITE (writes have one). */
+  hash = 0;
   constructor(
     readonly kind: Kind,
     readonly run: () => void,
@@ -43,6 +45,13 @@ export class Ticket {
 class Entry {
   reads = 0;
   exclusive = 0;
+  /**
+   * Admitted WRITEs whose run() has not been called yet. They hold nothing, so
+   * without this a command arriving from inside an earlier ticket's run() (a
+   * reply that completes synchronously and lets the client's next command in)
+   * would find the key free and overtake them.
+   */
+  starting = 0;
   queue: Ticket[] = [];
 }
 
@@ -68,7 +77,7 @@ export class KeyOrder {
       this.keys.set(hash, n);
       return true;
     }
-    if (e.queue.length > 0 || !admits(e, kind)) return false;
+    if (e.queue.length > 0 || e.starting > 0 || !admits(e, kind)) return false;
     if (kind === READ) e.reads++;
     else if (kind === EXCLUSIVE) e.exclusive++;
     return true;
@@ -78,7 +87,9 @@ export class KeyOrder {
   tryAcquireReads(hashes: readonly number[]): boolean {
     for (const h of hashes) {
       const e = this.keys.get(h);
-      if (e !== undefined && (e.queue.length > 0 || e.exclusive > 0)) return false;
+      if (e !== undefined && (e.queue.length > 0 || e.starting > 0 || e.exclusive > 0)) {
+        return false;
+      }
     }
     for (const h of hashes) this.tryAcquire(READ, h);
     return true;
@@ -87,6 +98,7 @@ export class KeyOrder {
   /** Queue a command on its keys; `ticket.run` is called once it holds all of them. */
   wait(ticket: Ticket, hashes: readonly number[]): void {
     ticket.pending = hashes.length;
+    if (ticket.kind === WRITE) ticket.hash = hashes[0]!;
     for (const h of hashes) {
       let e = this.keys.get(h);
       if (e === undefined) this.keys.set(h, (e = new Entry()));
@@ -95,7 +107,7 @@ export class KeyOrder {
     // Keys with no one ahead can be taken at once.
     const ready: Ticket[] = [];
     for (const h of hashes) this.pump(h, ready);
-    for (const t of ready) t.run();
+    this.runReady(ready);
   }
 
   /** Release a key held by a command of `kind` (READ or EXCLUSIVE). */
@@ -106,22 +118,44 @@ export class KeyOrder {
     else if (kind === EXCLUSIVE) e.exclusive--;
     const ready: Ticket[] = [];
     this.pump(hash, ready);
+    this.runReady(ready);
+  }
+
+  /**
+   * Run admitted tickets in admission order. Commands that arrive meanwhile
+   * queue behind them (see Entry.starting) and are let in afterwards.
+   */
+  private runReady(ready: Ticket[]): void {
+    if (ready.length === 0) return;
     for (const t of ready) t.run();
+    const again: Ticket[] = [];
+    for (const t of ready) {
+      if (t.kind !== WRITE) continue;
+      const e = this.keys.get(t.hash);
+      if (e === undefined) continue;
+      e.starting--;
+      this.pump(t.hash, again);
+    }
+    this.runReady(again);
   }
 
   /** Admit queued commands at the head of `hash`'s queue; collect those now holding every key. */
   private pump(hash: number, ready: Ticket[]): void {
     const e = this.keys.get(hash);
-    if (e === undefined) return;
+    // Admitted writes not yet run go first; runReady pumps again after them.
+    if (e === undefined || e.starting > 0) return;
     while (e.queue.length > 0) {
       const t = e.queue[0]!;
       if (!admits(e, t.kind)) break;
       e.queue.shift();
       if (t.kind === READ) e.reads++;
       else if (t.kind === EXCLUSIVE) e.exclusive++;
+      else e.starting++;
       if (--t.pending === 0) ready.push(t);
     }
-    if (e.reads === 0 && e.exclusive === 0 && e.queue.length === 0) this.keys.delete(hash);
+    if (e.reads === 0 && e.exclusive === 0 && e.starting === 0 && e.queue.length === 0) {
+      this.keys.delete(hash);
+    }
   }
 }
 

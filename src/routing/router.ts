@@ -52,6 +52,8 @@ import {
 } from '../protocol/response-parser.js';
 import type { Stats } from '../stats.js';
 import { EXCLUSIVE, KeyOrder, type Kind, READ, Ticket, WRITE } from './key-order.js';
+import { keyHash, parseMetaFlags } from './meta.js';
+import type { Recovery } from './recovery.js';
 import type { Ring } from './ring.js';
 
 export type Out = Buffer | Buffer[] | null;
@@ -91,16 +93,6 @@ function notSent(e: BackendError): boolean {
   return e.code === 'MSP_BACKEND_CONNECT' || e.code === 'MSP_NODE_DOWN';
 }
 
-/**
- * FNV-1a of the key: the key's identity for KeyOrder, and its lane (which of
- * a node's connections carries it), so one key's requests stay FIFO on a node.
- */
-export function keyHash(key: Buffer): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key[i]!, 0x01000193);
-  return h >>> 0;
-}
-
 function noop(): void {}
 
 /** A plain `md` of `key` on every replica (how msproxy mirrors memcached's unlink on a failed set). */
@@ -119,6 +111,8 @@ export class Router {
   private readonly stats: Stats;
   private readonly encodeCas: boolean;
   readonly order = new KeyOrder();
+  /** Outage logs for fenced rejoin; null when not wired (unit use). */
+  recovery: Recovery | null = null;
 
   constructor(nodes: readonly BackendNode[], ring: Ring, options: RouterOptions, stats: Stats) {
     this.nodes = nodes;
@@ -198,6 +192,22 @@ export class Router {
   }
 
   // ---------------------------------------------------------------- helpers
+
+  /** A write of `key` is being made without the replicas that are down: log it for them. */
+  private missedByDown(key: Buffer): void {
+    const rec = this.recovery;
+    if (rec === null) return;
+    const order = this.ring.order(key);
+    for (let i = 0; i < this.options.replicas; i++) {
+      const n = order[i]!;
+      if (!this.nodes[n]!.isUp) rec.missed(n, key);
+    }
+  }
+
+  /** A write of `key` failed (or may have failed) on `node`. */
+  private missed(node: number, key: Buffer): void {
+    this.recovery?.missed(node, key);
+  }
 
   /** Run `run` once the key allows a command of `kind` (KeyOrder). */
   private admit(kind: Kind, hash: number, run: () => void): void {
@@ -351,6 +361,7 @@ export class Router {
       // serve expires on the old schedule.
       for (let i = 0; i < n; i++) {
         const route = routes[i]!;
+        if (route.length < this.options.replicas) this.missedByDown(keys[i]!);
         if (route.length < 2) continue;
         const msg = Buffer.concat([
           Buffer.from('touch ', 'latin1'),
@@ -359,8 +370,12 @@ export class Router {
         ]);
         for (let a = 1; a < route.length; a++) {
           outstanding++;
-          this.send(route[a]!, hashes[i]!, msg, EXPECT_LINE, (r) => {
-            if (!isReply(r) || r.isError) this.stats.replicationFailures++;
+          const node = route[a]!;
+          this.send(node, hashes[i]!, msg, EXPECT_LINE, (r) => {
+            if (!isReply(r) || r.isError) {
+              this.stats.replicationFailures++;
+              this.missed(node, keys[i]!);
+            }
             track.done();
           });
         }
@@ -532,6 +547,7 @@ export class Router {
       this.stats.unavailable++;
       return done(req.noreply && !req.cmd.startsWith('m') ? null : NO_REPLICA);
     }
+    if (route.length < this.options.replicas) this.missedByDown(req.key);
     const replies: (ReplyOrErr | undefined)[] = new Array<ReplyOrErr | undefined>(route.length);
     let left = route.length;
     let answered = false;
@@ -554,6 +570,7 @@ export class Router {
       const cb = (r: ReplyOrErr): void => {
         replies[idx] = r;
         left--;
+        if (!isReply(r) || r.isError) this.missed(node, req.key);
         if ((!isReply(r) || r.isError) && route.length > 1) this.stats.replicationFailures++;
         if (answered) return;
         if (left === 0) return answer();
@@ -621,7 +638,9 @@ export class Router {
       if (!isReply(r)) {
         // Never reached the authority: the next replica decides.
         if (notSent(r)) return this.decide(req, hash, route, attempt + 1, build, success, done);
-        // The command may or may not have run: never replay it elsewhere.
+        // The command may or may not have run: never replay it elsewhere. The rejoin
+        // of the authority makes its copy agree with the other replicas again.
+        this.missed(authority, req.key);
         this.stats.unavailable++;
         return release(
           req.noreply && !req.cmd.startsWith('m') ? null : serverError(`backend failed: ${r.code}`),
@@ -629,7 +648,10 @@ export class Router {
       }
       const out = this.clientReply(req, r, authority);
       const targets = route.slice(attempt + 1);
-      if (!success(r) || targets.length === 0) return release(out);
+      if (!success(r)) return release(out);
+      // Replicas down (or refused before the authority answered) miss the result.
+      this.missedByDown(req.key);
+      if (targets.length === 0) return release(out);
       const deleted = req.cmd === 'md';
       if (this.options.ackMode === 'async') {
         done(out);
@@ -655,12 +677,17 @@ export class Router {
     cb: () => void,
   ): void {
     let left = targets.length;
-    const one = (r: ReplyOrErr): void => {
-      if (!isReply(r) || r.isError) this.stats.replicationFailures++;
+    const one = (t: number, r: ReplyOrErr): void => {
+      if (!isReply(r) || r.isError) {
+        this.stats.replicationFailures++;
+        this.missed(t, key);
+      }
       if (--left === 0) cb();
     };
     const del = (): void => {
-      for (const t of targets) this.send(t, hash, encodeMeta('md', key, ''), EXPECT_LINE, one);
+      for (const t of targets) {
+        this.send(t, hash, encodeMeta('md', key, ''), EXPECT_LINE, (r) => one(t, r));
+      }
     };
     if (deleted) return del();
     this.send(authority, hash, encodeMeta('mg', key, 'v f t'), EXPECT_LINE, (r) => {
@@ -674,7 +701,7 @@ export class Router {
       const ttl = Number(meta.get('t') ?? '-1');
       if (ttl === 0) return del();
       const msg = encodeMetaSet(key, r.data, Number(meta.get('f') ?? '0'), ttl < 0 ? 0 : ttl);
-      for (const t of targets) this.send(t, hash, msg, EXPECT_LINE, one);
+      for (const t of targets) this.send(t, hash, msg, EXPECT_LINE, (r2) => one(t, r2));
     });
   }
 
@@ -730,6 +757,7 @@ export class Router {
     // q is emulated here (only EN is suppressed), so the fallback can tell a miss.
     const data = req.noreply ? this.metaLine(req, null, false) : req.raw;
     const ttl = req.flagValue('T');
+    if (ttl !== undefined && route.length < this.options.replicas) this.missedByDown(req.key);
     let touching = 0;
     let answer: Out | undefined;
     const finish = (out: Out): void => {
@@ -745,7 +773,9 @@ export class Router {
       ]);
       for (let a = 1; a < route.length; a++) {
         touching++;
-        this.send(route[a]!, hash, msg, EXPECT_LINE, () => {
+        const node = route[a]!;
+        this.send(node, hash, msg, EXPECT_LINE, (r) => {
+          if (!isReply(r) || r.isError) this.missed(node, req.key);
           if (--touching === 0 && answer !== undefined) done(answer);
         });
       }
@@ -812,12 +842,15 @@ export class Router {
   private flushAll(req: Request, done: Done): void {
     const up = this.nodes.filter((n) => n.isUp);
     if (up.length === 0) return done(req.noreply ? null : NO_REPLICA);
+    // A node that misses a flush holds items its replicas dropped: flushed on rejoin.
+    for (const n of this.nodes) if (!n.isUp) this.recovery?.missedFlush(n.index);
     const data = this.forward(req);
     let left = up.length;
     let ok = false;
     for (const n of up) {
       this.send(n.index, 0, data, EXPECT_LINE, (r) => {
         if (isReply(r) && equals(r.line, 'OK')) ok = true;
+        else this.recovery?.missedFlush(n.index);
         if (--left === 0) done(req.noreply ? null : ok ? R.OK : NO_REPLICA);
       });
     }
@@ -858,6 +891,7 @@ export class Router {
       ['proxy_nodes', this.nodes.length],
       ['proxy_nodes_up', this.nodes.filter((n) => n.isUp).length],
     ];
+    if (this.recovery !== null) rows.push(...this.recovery.rows());
     for (const n of this.nodes) {
       rows.push([`proxy_node_${n.index}_address`, n.address]);
       rows.push([`proxy_node_${n.index}_up`, n.isUp ? 1 : 0]);
@@ -894,18 +928,6 @@ function metaSuccess(r: Reply): boolean {
     startsWith(line, 'VA ') ||
     equals(line.subarray(0, 2), 'OK')
   );
-}
-
-/** Return flags of a meta reply line ("HD c12 t-1 f0" or "VA 5 f0 t-1") by letter. */
-export function parseMetaFlags(line: Buffer): Map<string, string> {
-  const out = new Map<string, string>();
-  const parts = line.toString('latin1').split(' ');
-  const from = parts[0] === 'VA' ? 2 : 1;
-  for (let i = from; i < parts.length; i++) {
-    const p = parts[i]!;
-    if (p.length > 0) out.set(p[0]!, p.slice(1));
-  }
-  return out;
 }
 
 /** Replace the c<cas> token of a meta reply line. */

@@ -8,6 +8,7 @@ import net from 'node:net';
 import type { Logger } from 'pino';
 import { BackendNode } from '../backend/node.js';
 import { type Config, nodeLabel } from '../config.js';
+import { Recovery } from '../routing/recovery.js';
 import { Ring } from '../routing/ring.js';
 import { Router } from '../routing/router.js';
 import { Stats } from '../stats.js';
@@ -20,6 +21,7 @@ export class Proxy {
   readonly nodes: BackendNode[];
   readonly ring: Ring;
   readonly router: Router;
+  readonly recovery: Recovery;
   private readonly log: Logger;
   private readonly server: net.Server;
   private readonly sockets = new Set<net.Socket>();
@@ -44,7 +46,12 @@ export class Proxy {
             maxValue: config.limits.itemSizeMax,
           },
           log,
-          { onUp: () => {}, onDown: () => {} },
+          {
+            onUp: () => {},
+            onDown: () => {},
+            onProbe: (node, restarted) => this.recovery.onProbe(node, restarted),
+            onRestart: (node) => this.recovery.resync(node.index),
+          },
         ),
     );
     this.ring = new Ring(config.nodes.map((n) => ({ label: nodeLabel(n), weight: n.weight })));
@@ -59,6 +66,18 @@ export class Proxy {
       },
       this.stats,
     );
+    this.recovery = new Recovery(
+      this.nodes,
+      this.ring,
+      this.router.order,
+      {
+        replicas: config.replicas,
+        outageLogMax: config.recovery.outageLogMax,
+        resyncRate: config.recovery.resyncRate,
+      },
+      log,
+    );
+    this.router.recovery = this.recovery;
     // allowHalfOpen: a client may shut down its sending side and still read the replies.
     this.server = net.createServer({ allowHalfOpen: true }, (socket) => this.accept(socket));
     this.server.maxConnections = config.limits.maxClients;
@@ -93,6 +112,8 @@ export class Proxy {
       this.server.once('error', reject);
       this.server.listen({ host, port, backlog: 1024 }, () => {
         this.server.off('error', reject);
+        // Connect to every node now: learns who each one is (a later restart is then noticed).
+        for (const n of this.nodes) n.start();
         this.log.info(
           {
             listen: `${this.address.host}:${this.address.port}`,
@@ -110,6 +131,7 @@ export class Proxy {
   async close(): Promise<void> {
     const closed = new Promise<void>((r) => this.server.close(() => r()));
     for (const s of this.sockets) s.destroy();
+    this.recovery.close();
     for (const n of this.nodes) n.close();
     await closed;
   }

@@ -1,0 +1,454 @@
+/**
+ * Fenced rejoin and re-sync: what keeps a node that comes back from serving
+ * stale, deleted or missing sessions.
+ *
+ * Contract:
+ * - Outage log. The router reports every key a node missed: a write routed
+ *   while the node was down, or a write (or copy, touch, delete) that failed
+ *   on it. Each node's log is a bounded set of keys; past `outageLogMax` it
+ *   is dropped and marked overflowed. A flush_all the node missed also marks
+ *   it overflowed.
+ * - Fenced rejoin. When a down node answers its probe, it does not serve yet.
+ *   Each logged key is first brought up to date on it from a healthy replica
+ *   (`mg v f t` there, then `ms F T` on the node, or `md` if the replica has
+ *   no item), holding the key in KeyOrder so no client command interleaves.
+ *   Keys logged meanwhile are replayed too; the node serves again once the
+ *   log is empty. An overflowed log takes the safe path instead: the node is
+ *   flushed and refills. A node that was hung or partitioned therefore never
+ *   serves an old session or a deleted one.
+ * - Re-sync. A node that restarted (new pid or boot time: it is empty) or was
+ *   flushed is refilled in the background: the other nodes list their keys
+ *   (`lru_crawler metadump all`), and each key whose replica set includes the
+ *   node is copied with its value, flags and remaining TTL, in add mode (a
+ *   newer write already there wins), under KeyOrder, at `resyncRate` keys/s.
+ *   After it, the node holds every key again, so losing the other replica
+ *   right after a restart loses nothing.
+ */
+
+import net from 'node:net';
+import type { Logger } from 'pino';
+import type { BackendNode } from '../backend/node.js';
+import { encodeMeta, encodeMetaSet } from '../protocol/encoder.js';
+import { EXPECT_LINE, type Reply, equals, startsWith } from '../protocol/response-parser.js';
+import { EXCLUSIVE, type KeyOrder, Ticket } from './key-order.js';
+import { keyHash, parseMetaFlags } from './meta.js';
+import type { Ring } from './ring.js';
+
+export interface RecoveryOptions {
+  replicas: number;
+  /** Keys an outage log holds before it overflows (the node is then flushed on rejoin). */
+  outageLogMax: number;
+  /** Re-sync copy rate, keys per second (0: no re-sync). */
+  resyncRate: number;
+}
+
+type ResyncState = 'idle' | 'running' | 'done' | 'failed';
+
+class NodeRecovery {
+  missed = new Set<string>();
+  overflow = false;
+  rejoining = false;
+  rejoins = 0;
+  replayed = 0;
+  flushes = 0;
+  resync: ResyncState = 'idle';
+  resyncRun = 0;
+  resyncScanned = 0;
+  resyncCopied = 0;
+  resyncFailed = 0;
+}
+
+/** Copies in flight during a rejoin or re-sync. */
+const WINDOW = 32;
+const FLUSH = Buffer.from('flush_all\r\n');
+const METADUMP = Buffer.from('lru_crawler metadump all\r\n');
+/** A metadump longer than this is cut short (keys are re-listed by the next re-sync). */
+const METADUMP_MAX_BYTES = 512 * 1024 * 1024;
+
+export class Recovery {
+  private readonly nodes: readonly BackendNode[];
+  private readonly ring: Ring;
+  private readonly order: KeyOrder;
+  private readonly options: RecoveryOptions;
+  private readonly log: Logger;
+  private readonly state: NodeRecovery[];
+  private closed = false;
+  private readonly sockets = new Set<net.Socket>();
+  private readonly timers = new Set<NodeJS.Timeout>();
+
+  constructor(
+    nodes: readonly BackendNode[],
+    ring: Ring,
+    order: KeyOrder,
+    options: RecoveryOptions,
+    log: Logger,
+  ) {
+    this.nodes = nodes;
+    this.ring = ring;
+    this.order = order;
+    this.options = options;
+    this.log = log;
+    this.state = nodes.map(() => new NodeRecovery());
+  }
+
+  // ------------------------------------------------------------ outage log
+
+  /** `node` missed a write of `key`: it must be brought up to date before it serves again. */
+  missed(node: number, key: Buffer): void {
+    const s = this.state[node]!;
+    if (s.overflow) return;
+    s.missed.add(key.toString('latin1'));
+    if (s.missed.size > this.options.outageLogMax) {
+      s.missed = new Set();
+      s.overflow = true;
+      this.log.warn(
+        { node: this.nodes[node]!.label },
+        'outage log overflowed: node is flushed on rejoin',
+      );
+    }
+  }
+
+  /** `node` missed a flush_all: everything on it may be stale. */
+  missedFlush(node: number): void {
+    const s = this.state[node]!;
+    s.missed = new Set();
+    s.overflow = true;
+  }
+
+  // ----------------------------------------------------------------- rejoin
+
+  /** A down node answered its probe. */
+  onProbe(node: BackendNode, restarted: boolean): void {
+    const s = this.state[node.index]!;
+    if (s.rejoining || this.closed) return;
+    s.rejoining = true;
+    s.rejoins++;
+    const done = (ok: boolean, reason: string, refill: boolean): void => {
+      s.rejoining = false;
+      if (!ok) return node.probeLater(reason);
+      node.markUp();
+      if (refill && this.options.resyncRate > 0) this.resync(node.index);
+    };
+    if (s.overflow) {
+      // Too much was missed to replay: empty the node and let it refill.
+      node.sendDirect(0, FLUSH, EXPECT_LINE, (err, r) => {
+        if (err !== null || r === null || !equals(r.line, 'OK')) {
+          return done(false, 'flush failed', false);
+        }
+        s.overflow = false;
+        s.missed = new Set();
+        s.flushes++;
+        this.log.warn({ node: node.label }, 'node flushed on rejoin (outage log overflowed)');
+        this.replay(node, (ok) => done(ok, 'replay failed', true));
+      });
+      return;
+    }
+    this.replay(node, (ok) => done(ok, 'replay failed', restarted));
+  }
+
+  /**
+   * Bring every logged key up to date on `node`, until the log is empty.
+   * Calls back false (with the unfinished keys back in the log) if the node fails.
+   */
+  private replay(node: BackendNode, cb: (ok: boolean) => void): void {
+    const s = this.state[node.index]!;
+    const pending = [...s.missed];
+    s.missed.clear();
+    if (pending.length === 0) return cb(true);
+    let next = 0;
+    let active = 0;
+    let failed = false;
+    const one = (ks: string, ok: boolean): void => {
+      active--;
+      if (ok) s.replayed++;
+      else {
+        failed = true;
+        s.missed.add(ks);
+      }
+      if (!failed && next < pending.length) return pump();
+      if (active > 0) return;
+      if (failed) {
+        // Not done: every key not known fixed stays in the log.
+        for (let i = next; i < pending.length; i++) s.missed.add(pending[i]!);
+        return cb(false);
+      }
+      if (s.overflow) return cb(false); // overflowed meanwhile: the next probe flushes
+      // Keys logged while this round ran: another round.
+      if (s.missed.size > 0) return this.replay(node, cb);
+      cb(true);
+    };
+    const pump = (): void => {
+      while (active < WINDOW && next < pending.length) {
+        const ks = pending[next++]!;
+        active++;
+        this.fence(node.index, Buffer.from(ks, 'latin1'), (ok) => one(ks, ok));
+      }
+    };
+    pump();
+  }
+
+  /** Make `node`'s copy of `key` what its healthy replicas hold. */
+  private fence(node: number, key: Buffer, cb: (ok: boolean) => void): void {
+    const hash = keyHash(key);
+    this.exclusive(hash, (release) => {
+      const source = this.source(key, node);
+      const finish = (ok: boolean): void => {
+        release();
+        cb(ok);
+      };
+      const target = this.nodes[node]!;
+      const del = (): void =>
+        target.sendDirect(hash, encodeMeta('md', key, ''), EXPECT_LINE, (err) =>
+          finish(err === null),
+        );
+      // No healthy replica to copy from: nothing newer exists anywhere reachable.
+      if (source < 0) return finish(true);
+      this.nodes[source]!.send(hash, encodeMeta('mg', key, 'v f t'), EXPECT_LINE, (err, r) => {
+        if (err !== null || r === null || r.isError) {
+          // The source failed: try again on the next round (or the next rejoin).
+          return finish(false);
+        }
+        const item = itemOf(r);
+        if (item === null) return del();
+        const msg = encodeMetaSet(key, item.data, item.flags, item.ttl);
+        target.sendDirect(hash, msg, EXPECT_LINE, (e2, r2) =>
+          finish(e2 === null && r2 !== null && !r2.isError),
+        );
+      });
+    });
+  }
+
+  /** The first healthy replica of `key` other than `node`, or -1. */
+  private source(key: Buffer, node: number): number {
+    const order = this.ring.order(key);
+    for (let i = 0; i < this.options.replicas; i++) {
+      const n = order[i]!;
+      if (n !== node && this.nodes[n]!.isUp) return n;
+    }
+    return -1;
+  }
+
+  private exclusive(hash: number, run: (release: () => void) => void): void {
+    const release = (): void => this.order.release(EXCLUSIVE, hash);
+    if (this.order.tryAcquire(EXCLUSIVE, hash)) run(release);
+    else this.order.wait(new Ticket(EXCLUSIVE, () => run(release)), [hash]);
+  }
+
+  // ----------------------------------------------------------------- resync
+
+  /** Refill `node` (restarted empty, or flushed) from the other nodes, in the background. */
+  resync(node: number): void {
+    const s = this.state[node]!;
+    if (s.resync === 'running' || this.closed) return;
+    s.resync = 'running';
+    s.resyncRun++;
+    const run = s.resyncRun;
+    s.resyncScanned = 0;
+    s.resyncCopied = 0;
+    s.resyncFailed = 0;
+    const target = this.nodes[node]!;
+    this.log.info({ node: target.label }, 'resync started');
+    const sources = this.nodes.filter((n) => n.index !== node && n.isUp);
+    const seen = new Set<string>();
+    const keys: Buffer[] = [];
+    let listed = 0;
+    const listedAll = (): void => {
+      if (++listed < sources.length) return;
+      this.copyAll(node, run, keys);
+    };
+    if (sources.length === 0) return this.copyAll(node, run, keys);
+    for (const src of sources) {
+      this.metadump(src.address, (err, dumped) => {
+        if (err !== null) {
+          this.log.warn(
+            { node: target.label, source: src.label, err: err.message },
+            'resync: cannot list keys',
+          );
+          s.resyncFailed++;
+        }
+        for (const k of dumped) {
+          const ks = k.toString('latin1');
+          if (seen.has(ks)) continue;
+          seen.add(ks);
+          const order = this.ring.order(k);
+          let mine = false;
+          for (let i = 0; i < this.options.replicas; i++) if (order[i] === node) mine = true;
+          if (mine) keys.push(k);
+        }
+        s.resyncScanned += dumped.length;
+        listedAll();
+      });
+    }
+  }
+
+  private copyAll(node: number, run: number, keys: Buffer[]): void {
+    const s = this.state[node]!;
+    const target = this.nodes[node]!;
+    let next = 0;
+    let active = 0;
+    let scheduled = false;
+    const started = Date.now();
+    const finish = (state: ResyncState): void => {
+      if (s.resyncRun !== run || s.resync !== 'running') return;
+      s.resync = state;
+      const fields = { node: target.label, copied: s.resyncCopied, failed: s.resyncFailed };
+      this.log.info({ ...fields, state, keys: keys.length }, 'resync finished');
+    };
+    const pump = (): void => {
+      if (this.closed || s.resyncRun !== run || s.resync !== 'running') return;
+      if (!target.isUp) return finish('failed');
+      // Rate limit: at most resyncRate keys per second since the start (plus one window).
+      const allowed =
+        Math.floor(((Date.now() - started) / 1000) * this.options.resyncRate) + WINDOW;
+      while (active < WINDOW && next < keys.length && next < allowed) {
+        active++;
+        this.refill(node, keys[next++]!, (ok) => {
+          active--;
+          if (ok) s.resyncCopied++;
+          else s.resyncFailed++;
+          pump();
+        });
+      }
+      if (next >= keys.length) {
+        if (active === 0) finish('done');
+        return;
+      }
+      if (next >= allowed && !scheduled) {
+        scheduled = true;
+        this.later(() => {
+          scheduled = false;
+          pump();
+        }, 10);
+      }
+    };
+    pump();
+  }
+
+  /** Copy `key` to `node` from a healthy replica, add-mode (a newer write already there wins). */
+  private refill(node: number, key: Buffer, cb: (ok: boolean) => void): void {
+    const hash = keyHash(key);
+    this.exclusive(hash, (release) => {
+      const finish = (ok: boolean): void => {
+        release();
+        cb(ok);
+      };
+      const source = this.source(key, node);
+      if (source < 0) return finish(false);
+      this.nodes[source]!.send(hash, encodeMeta('mg', key, 'v f t'), EXPECT_LINE, (err, r) => {
+        if (err !== null || r === null || r.isError) return finish(false);
+        const item = itemOf(r);
+        if (item === null) return finish(true); // gone since it was listed
+        const msg = encodeMetaSet(key, item.data, item.flags, item.ttl, ' ME');
+        this.nodes[node]!.send(hash, msg, EXPECT_LINE, (e2, r2) =>
+          finish(e2 === null && r2 !== null && !r2.isError),
+        );
+      });
+    });
+  }
+
+  /** List a node's keys with `lru_crawler metadump all` on a connection of its own. */
+  private metadump(address: string, cb: (err: Error | null, keys: Buffer[]) => void): void {
+    const i = address.lastIndexOf(':');
+    const socket = net.connect({ host: address.slice(0, i), port: Number(address.slice(i + 1)) });
+    this.sockets.add(socket);
+    const keys: Buffer[] = [];
+    let rest = Buffer.alloc(0);
+    let total = 0;
+    let finished = false;
+    const end = (err: Error | null): void => {
+      if (finished) return;
+      finished = true;
+      this.sockets.delete(socket);
+      socket.destroy();
+      cb(err, keys);
+    };
+    socket.setTimeout(10000, () => end(new Error('metadump timed out')));
+    socket.on('error', (e) => end(e));
+    socket.on('close', () => end(new Error('connection closed during metadump')));
+    socket.on('connect', () => socket.write(METADUMP));
+    socket.on('data', (chunk: Buffer) => {
+      total += chunk.length;
+      if (total > METADUMP_MAX_BYTES) return end(new Error('metadump too large'));
+      let buf = rest.length > 0 ? Buffer.concat([rest, chunk]) : chunk;
+      let nl: number;
+      while ((nl = buf.indexOf(0x0a)) >= 0) {
+        const line = buf.subarray(0, nl > 0 && buf[nl - 1] === 0x0d ? nl - 1 : nl);
+        buf = buf.subarray(nl + 1);
+        if (equals(line, 'END')) return end(null);
+        if (startsWith(line, 'key=')) {
+          const sp = line.indexOf(0x20);
+          keys.push(percentDecode(line.subarray(4, sp < 0 ? line.length : sp)));
+        } else if (line.length > 0) {
+          // BUSY, ERROR (no lru crawler), CLIENT_ERROR ...: this memcached cannot list keys.
+          return end(new Error(line.toString('latin1')));
+        }
+      }
+      rest = Buffer.from(buf);
+    });
+  }
+
+  private later(fn: () => void, ms: number): void {
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      fn();
+    }, ms);
+    this.timers.add(t);
+  }
+
+  // ------------------------------------------------------------------ stats
+
+  rows(): [string, string | number][] {
+    const out: [string, string | number][] = [];
+    this.state.forEach((s, i) => {
+      out.push([`proxy_node_${i}_outage_log`, s.overflow ? 'overflow' : s.missed.size]);
+      out.push([`proxy_node_${i}_rejoins`, s.rejoins]);
+      out.push([`proxy_node_${i}_rejoin_replayed`, s.replayed]);
+      out.push([`proxy_node_${i}_rejoin_flushes`, s.flushes]);
+      out.push([`proxy_node_${i}_resync`, s.resync]);
+      out.push([`proxy_node_${i}_resync_scanned`, s.resyncScanned]);
+      out.push([`proxy_node_${i}_resync_copied`, s.resyncCopied]);
+      out.push([`proxy_node_${i}_resync_failed`, s.resyncFailed]);
+    });
+    return out;
+  }
+
+  /** Re-sync state of a node (for tests and stats). */
+  resyncState(node: number): ResyncState {
+    return this.state[node]!.resync;
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const s of this.sockets) s.destroy();
+    for (const t of this.timers) clearTimeout(t);
+  }
+}
+
+/** Value, flags and remaining TTL of an `mg v f t` reply, or null for a miss / expired item. */
+function itemOf(r: Reply): { data: Buffer; flags: number; ttl: number } | null {
+  if (!startsWith(r.line, 'VA ')) return null;
+  const meta = parseMetaFlags(r.line);
+  const ttl = Number(meta.get('t') ?? '-1');
+  if (ttl === 0) return null;
+  return { data: r.data, flags: Number(meta.get('f') ?? '0'), ttl: ttl < 0 ? 0 : ttl };
+}
+
+/** memcached's metadump writes keys URL-encoded (%XX for every byte outside [A-Za-z0-9_.~-]). */
+function percentDecode(b: Buffer): Buffer {
+  if (b.indexOf(0x25) < 0) return Buffer.from(b);
+  const out = Buffer.alloc(b.length);
+  let n = 0;
+  for (let i = 0; i < b.length; i++) {
+    const c = b[i]!;
+    if (c === 0x25 && i + 2 < b.length) {
+      const h = Number.parseInt(b.toString('latin1', i + 1, i + 3), 16);
+      if (!Number.isNaN(h)) {
+        out[n++] = h;
+        i += 2;
+        continue;
+      }
+    }
+    out[n++] = c;
+  }
+  return out.subarray(0, n);
+}

@@ -54,6 +54,8 @@ export interface Identity {
 }
 
 const STATS = Buffer.from('stats\r\n');
+/** Delay before reopening a connection the node closed. */
+const RECONNECT_MS = 10;
 
 /** Parse the identity rows of a `stats` reply. */
 export function identityOf(reply: Reply | null): Identity | null {
@@ -94,6 +96,7 @@ export class BackendNode {
   private probeDelay: number;
   private probeTimer: NodeJS.Timeout | null = null;
   private probeConn: BackendConnection | null = null;
+  private reconnectTimer: NodeJS.Timeout | null = null;
   private stopped = false;
   /** The process last seen on this node, once known. */
   identity: Identity | null = null;
@@ -162,6 +165,14 @@ export class BackendNode {
     if (this.up && !this.stopped) this.connection(0);
   }
 
+  private reconnectSoon(): void {
+    if (this.reconnectTimer !== null || !this.up || this.stopped) return;
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      this.start();
+    }, RECONNECT_MS);
+  }
+
   /** The connection index a lane maps to: requests on one lane share it. */
   laneOf(lane: number): number {
     return lane % this.conns.length;
@@ -210,6 +221,10 @@ export class BackendNode {
           if (i >= 0) this.conns[i] = null;
           // A refused or reset connection with nothing in flight still says the node is gone.
           if (err.code === 'MSP_BACKEND_CONNECT') this.onFailure(err, true);
+          // The node closed a connection (killed, restarting, or closing idle clients): look
+          // again at once rather than at the next request. A refused reconnect marks it down; a
+          // new process is noticed by the stats every connection starts with.
+          else if (err.code === 'MSP_BACKEND_CLOSED' && i >= 0) this.reconnectSoon();
         },
       },
     );
@@ -222,6 +237,11 @@ export class BackendNode {
     if (immediate || this.failures >= this.options.failureThreshold) {
       this.markDown(err.message);
     }
+  }
+
+  /** Take the node out of service now; it serves again after a probe and its rejoin. */
+  markDownNow(reason: string): void {
+    this.markDown(reason);
   }
 
   private markDown(reason: string): void {
@@ -288,6 +308,7 @@ export class BackendNode {
   close(): void {
     this.stopped = true;
     if (this.probeTimer) clearTimeout(this.probeTimer);
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     this.probeConn?.destroy(new BackendError('MSP_BACKEND_CLOSED', 'proxy shutting down'));
     for (const c of this.conns) {
       c?.destroy(new BackendError('MSP_BACKEND_CLOSED', 'proxy shutting down'));

@@ -48,6 +48,8 @@ class NodeRecovery {
   missed = new Set<string>();
   overflow = false;
   rejoining = false;
+  /** A background fix of keys missed by a node that is up is scheduled or running. */
+  fixing = false;
   rejoins = 0;
   replayed = 0;
   flushes = 0;
@@ -58,6 +60,8 @@ class NodeRecovery {
   resyncFailed = 0;
 }
 
+/** Wait before fixing keys a node that is up missed, so a burst is fixed in one round. */
+const FIX_DELAY_MS = 20;
 /** Copies in flight during a rejoin or re-sync. */
 const WINDOW = 32;
 const FLUSH = Buffer.from('flush_all\r\n');
@@ -99,13 +103,28 @@ export class Recovery {
     if (s.overflow) return;
     s.missed.add(key.toString('latin1'));
     if (s.missed.size > this.options.outageLogMax) {
-      s.missed = new Set();
-      s.overflow = true;
-      this.log.warn(
-        { node: this.nodes[node]!.label },
-        'outage log overflowed: node is flushed on rejoin',
-      );
+      this.log.warn({ node: this.nodes[node]!.label }, 'outage log overflowed');
+      return this.missedFlush(node);
     }
+    // A node that is still up (one write timed out, say) is fixed in the background now;
+    // a node that is down is fixed by its rejoin.
+    if (!s.fixing && !s.rejoining && this.nodes[node]!.isUp) {
+      s.fixing = true;
+      this.later(() => this.fix(node), FIX_DELAY_MS);
+    }
+  }
+
+  private fix(node: number): void {
+    const s = this.state[node]!;
+    const target = this.nodes[node]!;
+    if (this.closed || !target.isUp || s.rejoining) {
+      s.fixing = false;
+      return;
+    }
+    this.replay(target, () => {
+      // Whatever is left (the node failed again) waits for the next miss or the rejoin.
+      s.fixing = false;
+    });
   }
 
   /** `node` missed a flush_all: everything on it may be stale. */
@@ -113,6 +132,8 @@ export class Recovery {
     const s = this.state[node]!;
     s.missed = new Set();
     s.overflow = true;
+    // Only a rejoin can fence this (by flushing): take a node that is up out of service.
+    this.nodes[node]!.markDownNow('missed a flush or too many writes');
   }
 
   // ----------------------------------------------------------------- rejoin
@@ -239,7 +260,7 @@ export class Recovery {
   /** Refill `node` (restarted empty, or flushed) from the other nodes, in the background. */
   resync(node: number): void {
     const s = this.state[node]!;
-    if (s.resync === 'running' || this.closed) return;
+    if (s.resync === 'running' || this.closed || this.options.resyncRate <= 0) return;
     s.resync = 'running';
     s.resyncRun++;
     const run = s.resyncRun;

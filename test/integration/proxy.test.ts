@@ -1116,7 +1116,8 @@ describe('failover: a node restarted empty on the same port', function () {
   let p: MemcacheClient;
 
   before(async function () {
-    c = await startCluster();
+    // No background re-sync here (faults.test.ts covers it): the node stays empty until read.
+    c = await startCluster({ recovery: { resyncRate: 0 } });
     p = await MemcacheClient.connect(c.port);
   });
 

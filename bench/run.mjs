@@ -1,0 +1,397 @@
+#!/usr/bin/env node
+/**
+ * Side-by-side benchmark: msproxy (replicas 2) vs twemproxy (nutcracker, when
+ * installed) vs a direct memcached, same load, interleaved rounds.
+ *
+ *   npm run bench                 # all workloads, 3 rounds of 5 s each
+ *   npm run bench -- --rounds 5 --seconds 10 --workloads get90,set100
+ *
+ * The proxies and their memcached nodes are pinned to core 0, the load
+ * generator (bench/loadgen.c, built with gcc) to core 1. Each round runs every
+ * target once, in a rotated order (A B C, B C A, C A B), so drift cancels out.
+ * Reported per workload and target: median req/s, p50/p99 latency, CPU µs per
+ * request of the proxy process (of memcached itself for direct), and ratios.
+ * Then: p50 added over direct at a fixed 30k req/s, and msproxy's RSS with 10k
+ * idle client connections. The load generator checks every value it reads.
+ */
+
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const args = process.argv.slice(2);
+const opt = (name, def) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : def;
+};
+const ROUNDS = Number(opt('rounds', 3));
+const SECONDS = Number(opt('seconds', 5));
+const WORKLOADS = opt('workloads', 'get90,mget10,pipe10,set100').split(',');
+const KEYS = Number(opt('keys', 100000));
+const CONNS = Number(opt('conns', 100));
+const IDLE = Number(opt('idle', 10000));
+
+const WORKLOAD_ARGS = {
+  get90: ['--get-ratio', '0.9'],
+  mget10: ['--get-ratio', '1', '--mget', '10'],
+  pipe10: ['--get-ratio', '0.9', '--depth', '10'],
+  set100: ['--get-ratio', '0'],
+};
+
+const children = new Set();
+function cleanup() {
+  for (const c of children) {
+    try {
+      process.kill(c.pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+}
+process.on('exit', cleanup);
+process.on('SIGINT', () => process.exit(130));
+
+function which(cmd) {
+  for (const d of (process.env.PATH ?? '').split(':').concat(['/usr/sbin', '/sbin'])) {
+    if (existsSync(join(d, cmd))) return join(d, cmd);
+  }
+  return null;
+}
+
+const taskset = which('taskset');
+function pinned(core, cmd, argv) {
+  return taskset ? [taskset, ['-c', String(core), cmd, ...argv]] : [cmd, argv];
+}
+
+function start(core, cmd, argv, opts = {}) {
+  const [c, a] = pinned(core, cmd, argv);
+  const child = spawn(c, a, { stdio: ['ignore', 'ignore', 'pipe'], ...opts });
+  let err = '';
+  child.stderr.on('data', (d) => (err += d));
+  child.stderrText = () => err;
+  children.add(child);
+  child.on('exit', () => children.delete(child));
+  return child;
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+    s.on('error', reject);
+  });
+}
+
+function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+async function waitPort(port, what, ms = 10000) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    const ok = await new Promise((resolve) => {
+      const s = net.connect(port, '127.0.0.1');
+      s.on('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.on('error', () => resolve(false));
+    });
+    if (ok) return;
+    await sleep(50);
+  }
+  throw new Error(`${what} did not listen on ${port}`);
+}
+
+async function memcached(mem = 1024) {
+  const port = await freePort();
+  const child = start(0, 'memcached', [
+    '-p',
+    String(port),
+    '-U',
+    '0',
+    '-m',
+    String(mem),
+    '-t',
+    '1',
+    '-u',
+    'root',
+    '-c',
+    '20000',
+  ]);
+  await waitPort(port, 'memcached');
+  return { port, child };
+}
+
+/** CPU seconds (user + system) of a process so far. */
+function cpuSeconds(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+}
+
+/** CPU seconds of a process and its children that are still alive (workers). */
+function treeCpu(pid) {
+  let total = cpuSeconds(pid);
+  try {
+    const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
+      .trim()
+      .split(/\s+/)
+      .filter(Boolean);
+    for (const k of kids) total += treeCpu(Number(k));
+  } catch {
+    // no children file
+  }
+  return total;
+}
+
+function rssMB(pid) {
+  let total = 0;
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (m) total += Number(m[1]) / 1024;
+  try {
+    const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
+      .trim()
+      .split(/\s+/)
+      .filter(Boolean);
+    for (const k of kids) total += rssMB(Number(k));
+  } catch {
+    // none
+  }
+  return total;
+}
+
+function loadgen(bin, port, extra) {
+  return new Promise((resolve, reject) => {
+    const [c, a] = pinned(1, bin, ['--port', String(port), ...extra]);
+    const child = spawn(c, a, { stdio: ['ignore', 'pipe', 'pipe'] });
+    children.add(child);
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), (SECONDS + 120) * 1000);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      children.delete(child);
+      try {
+        const r = JSON.parse(out.trim().split('\n').pop());
+        if (code !== 0) r.failed = `exit ${code}: ${err.trim()}`;
+        resolve(r);
+      } catch {
+        reject(new Error(`loadgen failed (${code}): ${err}${out}`));
+      }
+    });
+  });
+}
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+async function main() {
+  if (!which('memcached'))
+    throw new Error('memcached is not installed (apt-get install memcached)');
+  if (!which('gcc')) throw new Error('gcc is needed to build bench/loadgen.c');
+  const build = join(root, 'bench', '.build');
+  mkdirSync(build, { recursive: true });
+  const bin = join(build, 'loadgen');
+  execFileSync('gcc', ['-O2', '-o', bin, join(root, 'bench', 'loadgen.c')]);
+  if (!existsSync(join(root, 'dist', 'cli.js')))
+    execFileSync('npm', ['run', 'build'], { cwd: root, stdio: 'inherit' });
+
+  const dir = mkdtempSync(join(tmpdir(), 'msproxy-bench-'));
+  const nodes = await Promise.all([memcached(), memcached(), memcached()]);
+  const lone = await memcached();
+  const targets = [];
+
+  const mport = await freePort();
+  const config = {
+    listen: { host: '127.0.0.1', port: mport },
+    nodes: nodes.map((n) => ({ host: '127.0.0.1', port: n.port })),
+    replicas: 2,
+    limits: { maxClients: IDLE + 1000 },
+    log: { level: 'warn' },
+  };
+  writeFileSync(join(dir, 'msproxy.json'), JSON.stringify(config));
+  const msproxy = start(
+    0,
+    process.execPath,
+    [join(root, 'bin', 'msproxy.js'), '--config', join(dir, 'msproxy.json')],
+    {
+      env: { ...process.env, UV_THREADPOOL_SIZE: '1' },
+    },
+  );
+  await waitPort(mport, 'msproxy');
+  targets.push({ name: 'msproxy', port: mport, pid: msproxy.pid, prefix: 'm:' });
+
+  const nutcracker = which('nutcracker');
+  if (nutcracker) {
+    const tport = await freePort();
+    const yml = [
+      'bench:',
+      `  listen: 127.0.0.1:${tport}`,
+      '  hash: md5',
+      '  distribution: ketama',
+      '  auto_eject_hosts: false',
+      '  server_connections: 1',
+      '  servers:',
+      ...nodes.map((n) => `    - 127.0.0.1:${n.port}:1`),
+    ].join('\n');
+    writeFileSync(join(dir, 'nutcracker.yml'), yml + '\n');
+    const tw = start(0, nutcracker, [
+      '-c',
+      join(dir, 'nutcracker.yml'),
+      '-s',
+      String(await freePort()),
+    ]);
+    await waitPort(tport, 'nutcracker');
+    targets.push({ name: 'twemproxy', port: tport, pid: tw.pid, prefix: 't:' });
+  } else {
+    console.log('nutcracker (twemproxy) is not installed: comparing with direct memcached only');
+  }
+  targets.push({ name: 'direct', port: lone.port, pid: lone.child.pid, prefix: 'd:' });
+
+  console.log(
+    `# msproxy bench: ${ROUNDS} rounds x ${SECONDS} s, ${CONNS} connections, ${KEYS} keys, values 1-4 KiB`,
+  );
+  console.log(
+    `# pinning: ${taskset ? 'proxies + memcached on core 0, load generator on core 1' : 'taskset not found, no pinning'}`,
+  );
+  for (const t of targets) {
+    await loadgen(bin, t.port, [
+      '--preload',
+      '--seconds',
+      '0.2',
+      '--keys',
+      String(KEYS),
+      '--prefix',
+      t.prefix,
+      '--conns',
+      '1',
+    ]);
+  }
+
+  const results = {};
+  for (const w of WORKLOADS) {
+    results[w] = Object.fromEntries(targets.map((t) => [t.name, []]));
+    for (let r = 0; r < ROUNDS; r++) {
+      const order = targets.map((_, i) => targets[(i + r) % targets.length]);
+      for (const t of order) {
+        const cpu0 = treeCpu(t.pid);
+        const res = await loadgen(bin, t.port, [
+          '--seconds',
+          String(SECONDS),
+          '--keys',
+          String(KEYS),
+          '--conns',
+          String(CONNS),
+          '--prefix',
+          t.prefix,
+          '--seed',
+          String(r + 1),
+          ...WORKLOAD_ARGS[w],
+        ]);
+        const cpu = treeCpu(t.pid) - cpu0;
+        res.cpu_us = (cpu * 1e6) / Math.max(1, res.requests);
+        results[w][t.name].push(res);
+        if (res.failed) console.log(`! ${w} ${t.name}: ${res.failed}`);
+      }
+    }
+  }
+
+  const has = (n) => targets.some((t) => t.name === n);
+  const lines = [];
+  lines.push(
+    '| workload | target | req/s | p50 µs | p99 µs | CPU µs/req | vs twemproxy | vs direct |',
+  );
+  lines.push('|---|---|---|---|---|---|---|---|');
+  for (const w of WORKLOADS) {
+    const med = {};
+    for (const t of targets) {
+      const rs = results[w][t.name];
+      med[t.name] = {
+        rps: median(rs.map((x) => x.rps)),
+        p50: median(rs.map((x) => x.p50_us)),
+        p99: median(rs.map((x) => x.p99_us)),
+        cpu: median(rs.map((x) => x.cpu_us)),
+        bad: rs.reduce((a, x) => a + x.errors + x.bad_values, 0),
+      };
+    }
+    for (const t of targets) {
+      const m = med[t.name];
+      const vsT = has('twemproxy') ? (m.rps / med.twemproxy.rps).toFixed(2) + '×' : 'n/a';
+      const vsD = (m.rps / med.direct.rps).toFixed(2) + '×';
+      lines.push(
+        `| ${w} | ${t.name} | ${Math.round(m.rps).toLocaleString('en-US')} | ${m.p50} | ${m.p99} | ${m.cpu.toFixed(1)} | ${vsT} | ${vsD} |${m.bad ? ` errors: ${m.bad}` : ''}`,
+      );
+    }
+  }
+  console.log(lines.join('\n'));
+
+  // p50 added over direct at a fixed 30k req/s (get90).
+  const fixed = {};
+  for (let r = 0; r < ROUNDS; r++) {
+    for (const t of targets) {
+      const res = await loadgen(bin, t.port, [
+        '--seconds',
+        String(SECONDS),
+        '--keys',
+        String(KEYS),
+        '--conns',
+        String(CONNS),
+        '--prefix',
+        t.prefix,
+        '--rate',
+        '30000',
+        '--seed',
+        String(r + 7),
+        ...WORKLOAD_ARGS.get90,
+      ]);
+      (fixed[t.name] ??= []).push(res.p50_us);
+    }
+  }
+  const fp = Object.fromEntries(Object.entries(fixed).map(([k, v]) => [k, median(v)]));
+  console.log(
+    `\nget90 at a fixed 30k req/s, p50: ${Object.entries(fp)
+      .map(([k, v]) => `${k} ${v} µs`)
+      .join(', ')}; msproxy adds ${fp.msproxy - fp.direct} µs over direct`,
+  );
+
+  // RSS with IDLE idle client connections.
+  const before = rssMB(msproxy.pid);
+  const socks = [];
+  for (let i = 0; i < IDLE; i++) {
+    socks.push(
+      await new Promise((resolve, reject) => {
+        const s = net.connect(mport, '127.0.0.1', () => resolve(s));
+        s.on('error', reject);
+      }),
+    );
+  }
+  await sleep(1000);
+  const after = rssMB(msproxy.pid);
+  for (const s of socks) s.destroy();
+  console.log(
+    `msproxy RSS: ${before.toFixed(0)} MB before, ${after.toFixed(0)} MB with ${IDLE} idle client connections`,
+  );
+}
+
+main()
+  .then(() => {
+    cleanup();
+    process.exit(0);
+  })
+  .catch((err) => {
+    console.error(err);
+    cleanup();
+    process.exit(1);
+  });

@@ -3,7 +3,10 @@
  *
  * Contract: `send()` writes a request and calls its callback exactly once,
  * with the reply or a BackendError. Replies are matched to requests FIFO.
- * Writes made in one tick go out in one corked batch. A request that waits
+ * Writes made in one event-loop turn go out in one corked batch: the uncork
+ * runs in setImmediate, after every socket callback of the poll phase, so the
+ * requests of all clients read in that turn share one writev per connection
+ * (process.nextTick would flush after each client's callback instead). A request that waits
  * longer than the request timeout, a reply that cannot be matched, or a
  * socket error destroys the connection and fails everything in flight on it
  * (memcached's proxy does the same in _reset_bad_backend): after any of those
@@ -120,7 +123,11 @@ export class BackendConnection {
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
-      process.nextTick(uncork, this);
+      corkedConns.push(this);
+      if (!flushScheduled) {
+        flushScheduled = true;
+        setImmediate(flushCorked);
+      }
     }
     if (Buffer.isBuffer(data)) {
       this.socket.write(data);
@@ -198,6 +205,13 @@ export class BackendConnection {
   }
 }
 
-function uncork(conn: BackendConnection): void {
-  conn.flush();
+/** Connections corked this turn, flushed together in the check phase. */
+let corkedConns: BackendConnection[] = [];
+let flushScheduled = false;
+
+function flushCorked(): void {
+  flushScheduled = false;
+  const list = corkedConns;
+  corkedConns = [];
+  for (const c of list) c.flush();
 }

@@ -45,7 +45,15 @@ export interface RecoveryOptions {
 type ResyncState = 'idle' | 'running' | 'done' | 'failed';
 
 class NodeRecovery {
-  missed = new Set<string>();
+  /** Outage log: key -> sequence number of the latest write of it this node missed. */
+  missed = new Map<string, number>();
+  /**
+   * Keys whose copy here may be older than a replica that is down (it missed a
+   * later write than that replica did), with that sequence number. Not read
+   * here, never the authority, until checked against that replica or replaced
+   * by a write.
+   */
+  fenced = new Map<string, number>();
   overflow = false;
   rejoining = false;
   /** A background fix of keys missed by a node that is up is scheduled or running. */
@@ -60,12 +68,17 @@ class NodeRecovery {
   resyncFailed = 0;
 }
 
+/** Wait between a probe's answer and the replay (see onProbe). */
+const REJOIN_GRACE_MS = 150;
 /** Wait before fixing keys a node that is up missed, so a burst is fixed in one round. */
 const FIX_DELAY_MS = 20;
 /** Copies in flight during a rejoin or re-sync. */
 const WINDOW = 32;
 const FLUSH = Buffer.from('flush_all\r\n');
 const METADUMP = Buffer.from('lru_crawler metadump all\r\n');
+/** Listing attempts per source (a second one while another crawl runs answers BUSY). */
+const METADUMP_TRIES = 20;
+const METADUMP_RETRY_MS = 250;
 /** A metadump longer than this is cut short (keys are re-listed by the next re-sync). */
 const METADUMP_MAX_BYTES = 512 * 1024 * 1024;
 
@@ -79,6 +92,8 @@ export class Recovery {
   private closed = false;
   private readonly sockets = new Set<net.Socket>();
   private readonly timers = new Set<NodeJS.Timeout>();
+  /** Numbers the misses, in order (see fence). */
+  private seq = 0;
 
   constructor(
     nodes: readonly BackendNode[],
@@ -101,7 +116,7 @@ export class Recovery {
   missed(node: number, key: Buffer): void {
     const s = this.state[node]!;
     if (s.overflow) return;
-    s.missed.add(key.toString('latin1'));
+    s.missed.set(key.toString('latin1'), ++this.seq);
     if (s.missed.size > this.options.outageLogMax) {
       this.log.warn({ node: this.nodes[node]!.label }, 'outage log overflowed');
       return this.missedFlush(node);
@@ -130,7 +145,7 @@ export class Recovery {
   /** `node` missed a flush_all: everything on it may be stale. */
   missedFlush(node: number): void {
     const s = this.state[node]!;
-    s.missed = new Set();
+    s.missed = new Map();
     s.overflow = true;
     // Only a rejoin can fence this (by flushing): take a node that is up out of service.
     this.nodes[node]!.markDownNow('missed a flush or too many writes');
@@ -144,10 +159,20 @@ export class Recovery {
     if (s.rejoining || this.closed) return;
     s.rejoining = true;
     s.rejoins++;
+    // A node that was hung still holds requests msproxy gave up on, buffered on connections it
+    // since closed; it runs them as it wakes, possibly on other threads than the probe's. Let
+    // them drain first, or one could land after the replay and undo it.
+    this.later(() => this.rejoin(node, restarted), REJOIN_GRACE_MS);
+  }
+
+  private rejoin(node: BackendNode, restarted: boolean): void {
+    const s = this.state[node.index]!;
+    if (this.closed) return;
     const done = (ok: boolean, reason: string, refill: boolean): void => {
       s.rejoining = false;
       if (!ok) return node.probeLater(reason);
       node.markUp();
+      this.refixFenced();
       if (refill && this.options.resyncRate > 0) this.resync(node.index);
     };
     if (s.overflow) {
@@ -157,7 +182,8 @@ export class Recovery {
           return done(false, 'flush failed', false);
         }
         s.overflow = false;
-        s.missed = new Set();
+        s.missed = new Map();
+        s.fenced = new Map();
         s.flushes++;
         this.log.warn({ node: node.label }, 'node flushed on rejoin (outage log overflowed)');
         this.replay(node, (ok) => done(ok, 'replay failed', true));
@@ -179,18 +205,22 @@ export class Recovery {
     let next = 0;
     let active = 0;
     let failed = false;
-    const one = (ks: string, ok: boolean): void => {
+    // Back into the log, unless a later miss of the key was logged meanwhile.
+    const keep = (ks: string, seq: number): void => {
+      if ((s.missed.get(ks) ?? 0) < seq) s.missed.set(ks, seq);
+    };
+    const one = (ks: string, seq: number, ok: boolean): void => {
       active--;
       if (ok) s.replayed++;
       else {
         failed = true;
-        s.missed.add(ks);
+        keep(ks, seq);
       }
       if (!failed && next < pending.length) return pump();
       if (active > 0) return;
       if (failed) {
         // Not done: every key not known fixed stays in the log.
-        for (let i = next; i < pending.length; i++) s.missed.add(pending[i]!);
+        for (let i = next; i < pending.length; i++) keep(pending[i]![0], pending[i]![1]);
         return cb(false);
       }
       if (s.overflow) return cb(false); // overflowed meanwhile: the next probe flushes
@@ -200,53 +230,146 @@ export class Recovery {
     };
     const pump = (): void => {
       while (active < WINDOW && next < pending.length) {
-        const ks = pending[next++]!;
+        const [ks, seq] = pending[next++]!;
         active++;
-        this.fence(node.index, Buffer.from(ks, 'latin1'), (ok) => one(ks, ok));
+        this.fence(node.index, Buffer.from(ks, 'latin1'), seq, (ok) => one(ks, seq, ok));
       }
     };
     pump();
   }
 
-  /** Make `node`'s copy of `key` what its healthy replicas hold. */
-  private fence(node: number, key: Buffer, cb: (ok: boolean) => void): void {
+  /**
+   * Make the replicas of `key` agree after `node` missed write number `seq`.
+   * Each replica's last missed write (its log or fence entry) says how fresh
+   * it is: one that missed only earlier writes received every acknowledged
+   * write after them. So the up replica with the lowest number holds the
+   * newest copy; it is copied to the others that are up. If a replica that is
+   * down missed less still, the copies that are up may be older than it:
+   * they are fenced until it returns (or a write replaces them).
+   */
+  private fence(node: number, key: Buffer, seq: number, cb: (ok: boolean) => void): void {
     const hash = keyHash(key);
     this.exclusive(hash, (release) => {
-      const source = this.source(key, node);
       const finish = (ok: boolean): void => {
         release();
         cb(ok);
       };
-      const target = this.nodes[node]!;
-      const del = (): void =>
-        target.sendDirect(hash, encodeMeta('md', key, ''), EXPECT_LINE, (err) =>
-          finish(err === null),
-        );
-      // No healthy replica to copy from: nothing newer exists anywhere reachable.
-      if (source < 0) return finish(true);
-      this.nodes[source]!.send(hash, encodeMeta('mg', key, 'v f t'), EXPECT_LINE, (err, r) => {
-        if (err !== null || r === null || r.isError) {
-          // The source failed: try again on the next round (or the next rejoin).
-          return finish(false);
+      const ks = key.toString('latin1');
+      const order = this.ring.order(key);
+      let best = node;
+      let bestSeq = Math.max(seq, this.lastMissed(node, ks));
+      let downBest = Infinity;
+      const up: number[] = [];
+      for (let i = 0; i < this.options.replicas; i++) {
+        const n = order[i]!;
+        if (n === node) continue;
+        const m = this.lastMissed(n, ks);
+        if (!this.nodes[n]!.isUp) {
+          downBest = Math.min(downBest, m);
+          continue;
         }
-        const item = itemOf(r);
-        if (item === null) return del();
-        const msg = encodeMetaSet(key, item.data, item.flags, item.ttl);
-        target.sendDirect(hash, msg, EXPECT_LINE, (e2, r2) =>
-          finish(e2 === null && r2 !== null && !r2.isError),
-        );
-      });
+        up.push(n);
+        // On a tie both missed the same write (its outcome was unknown): either copy will do.
+        if (m <= bestSeq) {
+          best = n;
+          bestSeq = m;
+        }
+      }
+      const targets = [node, ...up].filter((n) => n !== best);
+      const settle = (ok: boolean): void => {
+        if (!ok) return finish(false);
+        for (const n of [node, ...up]) {
+          const st = this.state[n]!;
+          st.fenced.delete(ks);
+          // A replica down that missed less may hold newer: fence every copy that is up.
+          if (downBest < bestSeq) st.fenced.set(ks, bestSeq);
+        }
+        finish(true);
+      };
+      if (targets.length === 0) return settle(true);
+      this.copyItem(best, targets, key, hash, settle);
     });
   }
 
-  /** The first healthy replica of `key` other than `node`, or -1. */
+  /** The latest write of `ks` that `node` is known to have missed (0: none). */
+  private lastMissed(node: number, ks: string): number {
+    const st = this.state[node]!;
+    return Math.max(st.missed.get(ks) ?? 0, st.fenced.get(ks) ?? 0);
+  }
+
+  /**
+   * Copy `key` from `from` to `to` exactly (value, flags, remaining TTL), or
+   * delete it there if `from` has no item. Uses sendDirect: either side may be
+   * a node that is not serving yet.
+   */
+  private copyItem(
+    from: number,
+    to: number[],
+    key: Buffer,
+    hash: number,
+    cb: (ok: boolean) => void,
+  ): void {
+    this.nodes[from]!.sendDirect(hash, encodeMeta('mg', key, 'v f t'), EXPECT_LINE, (err, r) => {
+      // The source failed: try again on the next round (or the next rejoin).
+      if (err !== null || r === null || r.isError) return cb(false);
+      const item = itemOf(r);
+      const msg =
+        item === null
+          ? encodeMeta('md', key, '')
+          : encodeMetaSet(key, item.data, item.flags, item.ttl);
+      let left = to.length;
+      let ok = true;
+      for (const t of to) {
+        this.nodes[t]!.sendDirect(hash, msg, EXPECT_LINE, (e2, r2) => {
+          if (e2 !== null || r2 === null || r2.isError) ok = false;
+          if (--left === 0) cb(ok);
+        });
+      }
+    });
+  }
+
+  /** The freshest healthy replica of `key` other than `node` (not fenced for it), or -1. */
   private source(key: Buffer, node: number): number {
+    const ks = key.toString('latin1');
     const order = this.ring.order(key);
+    let best = -1;
+    let bestSeq = Infinity;
     for (let i = 0; i < this.options.replicas; i++) {
       const n = order[i]!;
-      if (n !== node && this.nodes[n]!.isUp) return n;
+      if (n === node || !this.nodes[n]!.isUp || this.state[n]!.fenced.has(ks)) continue;
+      const m = this.lastMissed(n, ks);
+      if (m < bestSeq) {
+        best = n;
+        bestSeq = m;
+      }
     }
-    return -1;
+    return best;
+  }
+
+  // ---------------------------------------------------------------- fencing
+
+  /** Whether `node`'s copy of `key` is not to be trusted (read elsewhere, never the authority). */
+  isFenced(node: number, key: Buffer): boolean {
+    const f = this.state[node]!.fenced;
+    return f.size > 0 && f.has(key.toString('latin1'));
+  }
+
+  /** A write replaced `node`'s copy of `key` whole: it can be trusted again. */
+  unfence(node: number, key: Buffer): void {
+    const f = this.state[node]!.fenced;
+    if (f.size > 0) f.delete(key.toString('latin1'));
+  }
+
+  /** A node came back: keys fenced elsewhere may have a source again. */
+  private refixFenced(): void {
+    this.state.forEach((s, i) => {
+      if (s.fenced.size === 0) return;
+      for (const [k, seq] of s.fenced) if ((s.missed.get(k) ?? 0) < seq) s.missed.set(k, seq);
+      if (this.nodes[i]!.isUp && !s.fixing && !s.rejoining) {
+        s.fixing = true;
+        this.later(() => this.fix(i), FIX_DELAY_MS);
+      }
+    });
   }
 
   private exclusive(hash: number, run: (release: () => void) => void): void {
@@ -273,13 +396,15 @@ export class Recovery {
     const seen = new Set<string>();
     const keys: Buffer[] = [];
     let listed = 0;
+    let incomplete = sources.length === 0;
     const listedAll = (): void => {
       if (++listed < sources.length) return;
-      this.copyAll(node, run, keys);
+      this.copyAll(node, run, keys, incomplete);
     };
-    if (sources.length === 0) return this.copyAll(node, run, keys);
+    if (sources.length === 0) return this.copyAll(node, run, keys, true);
     for (const src of sources) {
-      this.metadump(src.address, (err, dumped) => {
+      this.metadumpRetry(src.address, METADUMP_TRIES, (err, dumped) => {
+        if (err !== null) incomplete = true;
         if (err !== null) {
           this.log.warn(
             { node: target.label, source: src.label, err: err.message },
@@ -302,7 +427,11 @@ export class Recovery {
     }
   }
 
-  private copyAll(node: number, run: number, keys: Buffer[]): void {
+  /**
+   * Copy `keys` to `node` at the configured rate. `incomplete`: a source could
+   * not list its keys, so the node may still lack some: the run ends `failed`.
+   */
+  private copyAll(node: number, run: number, keys: Buffer[], incomplete: boolean): void {
     const s = this.state[node]!;
     const target = this.nodes[node]!;
     let next = 0;
@@ -331,7 +460,7 @@ export class Recovery {
         });
       }
       if (next >= keys.length) {
-        if (active === 0) finish('done');
+        if (active === 0) finish(incomplete ? 'failed' : 'done');
         return;
       }
       if (next >= allowed && !scheduled) {
@@ -364,6 +493,21 @@ export class Recovery {
           finish(e2 === null && r2 !== null && !r2.isError),
         );
       });
+    });
+  }
+
+  /**
+   * metadump, retried with backoff: memcached runs one crawler request at a
+   * time and answers another with BUSY (two nodes re-syncing from one source).
+   */
+  private metadumpRetry(
+    address: string,
+    tries: number,
+    cb: (err: Error | null, keys: Buffer[]) => void,
+  ): void {
+    this.metadump(address, (err, keys) => {
+      if (err === null || tries <= 1 || this.closed) return cb(err, keys);
+      this.later(() => this.metadumpRetry(address, tries - 1, cb), METADUMP_RETRY_MS);
     });
   }
 
@@ -422,6 +566,7 @@ export class Recovery {
     const out: [string, string | number][] = [];
     this.state.forEach((s, i) => {
       out.push([`proxy_node_${i}_outage_log`, s.overflow ? 'overflow' : s.missed.size]);
+      out.push([`proxy_node_${i}_fenced_keys`, s.fenced.size]);
       out.push([`proxy_node_${i}_rejoins`, s.rejoins]);
       out.push([`proxy_node_${i}_rejoin_replayed`, s.replayed]);
       out.push([`proxy_node_${i}_rejoin_flushes`, s.flushes]);

@@ -133,6 +133,17 @@ export class Router {
     return out;
   }
 
+  /**
+   * Healthy replicas whose copy of the key can be trusted: without those a
+   * rejoin fenced for it (see Recovery). Reads and authorities use these.
+   */
+  private trusted(key: Buffer): number[] {
+    const route = this.healthy(key);
+    const rec = this.recovery;
+    if (rec === null) return route;
+    return route.filter((n) => !rec.isFenced(n, key));
+  }
+
   execute(req: Request, done: Done): void {
     switch (req.cmd) {
       case 'get':
@@ -321,7 +332,7 @@ export class Router {
     const withCas = req.cmd === 'gets' || req.cmd === 'gats';
     const touch = req.cmd === 'gat' || req.cmd === 'gats';
     const results: (Buffer | Buffer[] | null)[] = new Array<Buffer | Buffer[] | null>(n).fill(null);
-    const routes = keys.map((k) => this.healthy(k));
+    const routes = keys.map((k) => this.trusted(k));
     let outstanding = 0;
     let finished = false;
     // A key no replica could answer for: a miss would be a lie (a session store would log the
@@ -566,11 +577,14 @@ export class Router {
       done(this.clientReply(req, replies[chosen] as Reply, route[chosen]!));
     };
     const quiet = Router.quietMeta(req);
+    // A set or delete replaces a node's copy whole (touch does not).
+    const replaces = req.cmd !== 'touch';
     route.forEach((node, idx) => {
       const cb = (r: ReplyOrErr): void => {
         replies[idx] = r;
         left--;
         if (!isReply(r) || r.isError) this.missed(node, req.key);
+        else if (replaces && success(r)) this.recovery?.unfence(node, req.key);
         if ((!isReply(r) || r.isError) && route.length > 1) this.stats.replicationFailures++;
         if (answered) return;
         if (left === 0) return answer();
@@ -611,8 +625,7 @@ export class Router {
   ): void {
     const hash = keyHash(req.key);
     this.admit(EXCLUSIVE, hash, () => {
-      const route = this.healthy(req.key);
-      this.decide(req, hash, route, 0, build, success, done);
+      this.decide(req, hash, this.trusted(req.key), 0, build, success, done);
     });
   }
 
@@ -647,7 +660,8 @@ export class Router {
         );
       }
       const out = this.clientReply(req, r, authority);
-      const targets = route.slice(attempt + 1);
+      // Every other healthy replica gets the result, fenced ones too (the copy replaces theirs).
+      const targets = this.healthy(req.key).filter((n) => n !== authority);
       if (!success(r)) return release(out);
       // Replicas down (or refused before the authority answered) miss the result.
       this.missedByDown(req.key);
@@ -681,6 +695,8 @@ export class Router {
       if (!isReply(r) || r.isError) {
         this.stats.replicationFailures++;
         this.missed(t, key);
+      } else {
+        this.recovery?.unfence(t, key);
       }
       if (--left === 0) cb();
     };
@@ -753,7 +769,7 @@ export class Router {
   }
 
   private metaGetRun(req: Request, hash: number, done: Done): void {
-    const route = this.healthy(req.key);
+    const route = this.trusted(req.key);
     // q is emulated here (only EN is suppressed), so the fallback can tell a miss.
     const data = req.noreply ? this.metaLine(req, null, false) : req.raw;
     const ttl = req.flagValue('T');
@@ -822,7 +838,7 @@ export class Router {
   private metaDebug(req: Request, done: Done): void {
     const hash = keyHash(req.key);
     this.admit(READ, hash, () => {
-      const route = this.healthy(req.key);
+      const route = this.trusted(req.key);
       const release = (out: Out): void => {
         this.order.release(READ, hash);
         done(out);

@@ -1,0 +1,525 @@
+/**
+ * Fault drills: a session workload (test/helpers/sessions.ts: 40 clients,
+ * 1000 sessions, set/get/delete) runs through the proxy while nodes are
+ * killed, hung, restarted empty, all hung at once, or while other
+ * connections send garbage. Afterwards every session must read back as the
+ * last acknowledged write left it (or as a write whose outcome the client
+ * never learned), and every get during the run must have been such a state.
+ *
+ * Set DRILL_LOG=1 to print each drill's counts and latency percentiles.
+ */
+
+import net from 'node:net';
+import { expect } from 'chai';
+import { PROTOCOL_VERSION } from '../../src/version.js';
+import { sleep } from '../helpers/memcached.js';
+import { type Cluster, MemcacheClient, direct, peek, startCluster } from '../helpers/proxy.js';
+import {
+  type Counts,
+  SessionWorkload,
+  type Violation,
+  countsSince,
+  formatViolations,
+  keysOnExactly,
+  replicaKeys,
+} from '../helpers/sessions.js';
+import { prng } from '../helpers/split.js';
+
+/** The proxy's own `stats`, as a map. */
+async function proxyStats(port: number): Promise<Map<string, string>> {
+  const c = await MemcacheClient.connect(port);
+  try {
+    const r = await c.request('stats');
+    const out = new Map<string, string>();
+    for (const l of r.lines ?? []) {
+      const [, name, value] = l.toString('latin1').split(' ');
+      if (name !== undefined) out.set(name, value ?? '');
+    }
+    return out;
+  } finally {
+    c.close();
+  }
+}
+
+function log(what: string, line: string): void {
+  if (process.env.DRILL_LOG) console.log(`      [${what}] ${line}`);
+}
+
+/** The workload did enough that a clean check means something. */
+function expectWork(w: SessionWorkload, c: Counts = w.snapshot()): void {
+  const s = w.summary();
+  expect(c.ackedSets, `acked sets: ${s}`).to.be.greaterThan(1000);
+  expect(c.deleted, `deletes that removed a session: ${s}`).to.be.greaterThan(100);
+  expect(c.hits, `gets that returned a session: ${s}`).to.be.greaterThan(500);
+  expect(w.presentKeys().length, `sessions present at the end: ${s}`).to.be.greaterThan(300);
+}
+
+function expectClean(what: string, vs: Violation[], w: SessionWorkload): void {
+  expect(vs, `${what}: ${formatViolations(vs)}\n${w.summary()}`).to.deep.equal([]);
+}
+
+/**
+ * After the run: each of `nodes` holds, for every session it is a replica of,
+ * an acceptable state (with `requirePresent`, sessions acked present too).
+ */
+async function verifyReplicas(
+  c: Cluster,
+  w: SessionWorkload,
+  nodes: readonly number[],
+  requirePresent: boolean,
+): Promise<Violation[]> {
+  const out: Violation[] = [];
+  for (const n of nodes) {
+    const keys = replicaKeys(c.proxy.ring, w.keys, n);
+    out.push(...(await w.verifyNode(c.nodes[n]!, keys, { requirePresent })));
+  }
+  return out;
+}
+
+async function until(what: string, ms: number, check: () => boolean): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
+    await sleep(10);
+  }
+}
+
+// ------------------------------------------------------------ garbage flood
+
+interface FloodResult {
+  bytesSent: number;
+  bytesReceived: number;
+  connections: number;
+  /** Connections the proxy closed (overlong lines, as memcached does). */
+  closedByProxy: number;
+}
+
+/**
+ * `n` raw connections sending garbage for `ms`: random bytes, overlong lines
+ * without a newline, bad data chunks, oversized sets, malformed commands, and
+ * commands sent halfway that stall. Replies are read and dropped. Keys used
+ * are `junk:*`, never a session key.
+ */
+async function flood(port: number, n: number, ms: number, seed: number): Promise<FloodResult> {
+  const res: FloodResult = { bytesSent: 0, bytesReceived: 0, connections: 0, closedByProxy: 0 };
+  const deadline = Date.now() + ms;
+
+  async function one(index: number): Promise<void> {
+    const rnd = prng(seed * 31 + index);
+    const int = (lo: number, hi: number): number => lo + Math.floor(rnd() * (hi - lo + 1));
+    const randomBytes = (len: number): Buffer => {
+      const b = Buffer.alloc(len);
+      for (let i = 0; i < len; i++) b[i] = Math.floor(rnd() * 256);
+      return b;
+    };
+    while (Date.now() < deadline) {
+      const sock = net.connect({ port, host: '127.0.0.1', noDelay: true });
+      res.connections++;
+      let closed = false;
+      let weClosed = false;
+      sock.on('data', (d: Buffer) => (res.bytesReceived += d.length));
+      sock.on('error', () => {});
+      sock.on('close', () => {
+        closed = true;
+        if (!weClosed) res.closedByProxy++;
+      });
+      await new Promise<void>((resolve) => {
+        sock.once('connect', () => resolve());
+        sock.once('close', () => resolve());
+      });
+      const write = async (b: Buffer | string): Promise<void> => {
+        if (closed) return;
+        const buf = typeof b === 'string' ? Buffer.from(b, 'latin1') : b;
+        res.bytesSent += buf.length;
+        if (!sock.write(buf)) {
+          await Promise.race([
+            new Promise((r) => sock.once('drain', r)),
+            new Promise((r) => sock.once('close', r)),
+            sleep(200),
+          ]);
+        }
+      };
+      const close = (): void => {
+        weClosed = true;
+        sock.destroy();
+      };
+      while (!closed && Date.now() < deadline) {
+        const kind = int(0, 9);
+        if (kind <= 1) {
+          await write(randomBytes(int(16, 4096)));
+        } else if (kind === 2) {
+          // A line far over 2048 bytes with no newline: memcached (and msproxy) close.
+          await write(`set junk:${index} 0 0 10 ${'x'.repeat(int(2100, 9000))}`);
+          await sleep(int(5, 30));
+          if (!closed) await write('z'.repeat(3000));
+        } else if (kind === 3) {
+          // Bad data chunks: longer, shorter, bad lengths.
+          await write(`set junk:${index}:a 0 0 5\r\nabcdefghij\r\n`);
+          await write(`set junk:${index}:b 0 0 10\r\nabc\r\nget junk:${index}:b\r\n`);
+          await write(`set junk:${index}:c 0 0 -1\r\nset junk:${index}:d 0 0 abc\r\n`);
+          await write(`ms junk:${index}:e 3\r\nabcdef\r\nmg junk:${index}:e v\r\n`);
+        } else if (kind === 4) {
+          // Too large for the cache: memcached swallows the announced bytes.
+          await write(`set junk:${index}:big 0 0 99999999\r\n`);
+          await write(randomBytes(int(100, 5000)));
+          if (rnd() < 0.5) close();
+        } else if (kind === 5) {
+          // Half a command, then a stall, then the connection is dropped.
+          const half = [
+            `set junk:${index}:h 0 0 100\r\nabc`,
+            `get junk:${index}:h`,
+            `ms junk:${index}:h 50 T0\r\n0123`,
+            'delete junk:',
+            'mg',
+          ][int(0, 4)]!;
+          await write(half);
+          await sleep(int(50, 300));
+          close();
+        } else if (kind === 6) {
+          await write(
+            'bogus\r\nget\r\nincr\r\nset\r\n\r\n\r\ntouch junk:x\r\nmg \r\nmn extra\r\n' +
+              `get ${'k'.repeat(300)}\r\nset ${'k'.repeat(260)} 0 0 1\r\nx\r\n` +
+              `incr junk:${index} abc\r\nverbosity\r\ncas junk:${index} 0 0 1\r\nx\r\n`,
+          );
+        } else if (kind === 7) {
+          // Many empty and whitespace lines, then a burst of bad meta flags.
+          await write(
+            '\r\n'.repeat(int(1, 200)) +
+              ` \t \r\nmg junk:${index} zz\r\nms junk:${index} S1 q q q\r\nx\r\nma junk:${index} D-1\r\n`,
+          );
+        } else {
+          // Random printable junk lines under the line limit.
+          const lines: string[] = [];
+          for (let i = int(1, 20); i > 0; i--) {
+            lines.push(
+              randomBytes(int(1, 200))
+                .toString('latin1')
+                .replace(/[\r\n]/g, '.'),
+            );
+          }
+          await write(lines.join('\r\n') + '\r\n');
+        }
+        await sleep(int(0, 5));
+      }
+      if (!closed) close();
+      await sleep(int(0, 10));
+    }
+  }
+
+  await Promise.all(Array.from({ length: n }, (_, i) => one(i)));
+  return res;
+}
+
+// --------------------------------------------------------------------------
+
+describe('fault drills: a session workload through node failures', function () {
+  let c: Cluster | undefined;
+  let w: SessionWorkload | undefined;
+  /** Nodes stopped with SIGSTOP and not resumed yet (resumed before the cluster is stopped). */
+  const paused = new Set<number>();
+
+  afterEach(async function () {
+    await w?.stop();
+    for (const i of paused) {
+      try {
+        c?.nodes[i]!.resume();
+      } catch {
+        // already gone
+      }
+    }
+    paused.clear();
+    await c?.stop();
+    c = undefined;
+    w = undefined;
+  });
+
+  function pause(i: number): void {
+    c!.nodes[i]!.pause();
+    paused.add(i);
+  }
+
+  function resume(i: number): void {
+    c!.nodes[i]!.resume();
+    paused.delete(i);
+  }
+
+  it('kill -9 of one node mid-run: no session lost, stale or resurrected', async function () {
+    this.timeout(30000);
+    c = await startCluster();
+    w = await SessionWorkload.start({ port: c.port, seed: 101 });
+    await w.run(700);
+    await c.kill(1);
+    await w.run(1500);
+    await w.stop();
+    const final = await w.verify();
+    const survivors = await verifyReplicas(c, w, [0, 2], true);
+    log('kill -9', w.summary());
+    expect(c.proxy.nodes[1]!.isUp, 'the killed node is marked down').to.equal(false);
+    expectWork(w);
+    expectClean('gets during the run', w.violations, w);
+    expectClean('final read of every session', final, w);
+    expectClean('sessions held by the surviving nodes', survivors, w);
+  });
+
+  it('SIGSTOP of one node for 1.5 s: fenced rejoin, the node holds no stale or deleted session', async function () {
+    this.timeout(30000);
+    const i = 2;
+    c = await startCluster();
+    w = await SessionWorkload.start({ port: c.port, seed: 202 });
+    await w.run(700);
+    const atPause = w.snapshot();
+    pause(i);
+    await w.run(1500);
+    const whilePaused = countsSince(w.snapshot(), atPause);
+    expect(c.proxy.nodes[i]!.isUp, 'the hung node is marked down').to.equal(false);
+    resume(i);
+    await c.waitNode(i, true, 5000);
+    await w.run(1000);
+    await w.stop();
+    const final = await w.verify();
+    const mine = replicaKeys(c.proxy.ring, w.keys, i);
+    const onNode = await w.verifyNode(c.nodes[i]!, mine, { requirePresent: true });
+    const stats = await proxyStats(c.port);
+    log('SIGSTOP', w.summary());
+    log(
+      'SIGSTOP',
+      `while paused: acked sets ${whilePaused.ackedSets}, deletes ${whilePaused.deleted}; ` +
+        `rejoins ${stats.get(`proxy_node_${i}_rejoins`)}, replayed ${stats.get(`proxy_node_${i}_rejoin_replayed`)}, ` +
+        `flushes ${stats.get(`proxy_node_${i}_rejoin_flushes`)}; node ${i} replica keys ${mine.length}`,
+    );
+    expectWork(w);
+    expect(whilePaused.ackedSets, 'writes acked while the node was hung').to.be.greaterThan(200);
+    expect(whilePaused.deleted, 'deletes acked while the node was hung').to.be.greaterThan(20);
+    expect(mine.length).to.be.greaterThan(400);
+    expectClean('gets during the run', w.violations, w);
+    expectClean('final read of every session', final, w);
+    expectClean(`sessions held by the rejoined node ${i}`, onNode, w);
+    expect(Number(stats.get(`proxy_node_${i}_rejoins`)), 'rejoins').to.be.at.least(1);
+    expect(Number(stats.get(`proxy_node_${i}_rejoin_replayed`)), 'keys replayed').to.be.greaterThan(
+      0,
+    );
+    expect(stats.get(`proxy_node_${i}_up`)).to.equal('1');
+  });
+
+  it('a node restarted empty is re-synced, so killing its partner next loses nothing', async function () {
+    this.timeout(30000);
+    const i = 0;
+    const j = 1;
+    c = await startCluster({ recovery: { resyncRate: 20000 } });
+    w = await SessionWorkload.start({ port: c.port, seed: 303 });
+    await w.run(700);
+    await c.restart(i);
+    const cl = c;
+    await until(`re-sync of node ${i} done`, 10000, () => {
+      const s = cl.proxy.recovery.resyncState(i);
+      if (s === 'failed') throw new Error(`re-sync of node ${i} failed`);
+      return s === 'done' && cl.proxy.nodes[i]!.isUp;
+    });
+    const stats = await proxyStats(c.port);
+    await c.kill(j);
+    await w.run(1000);
+    await w.stop();
+    const final = await w.verify();
+    // The sessions whose only two copies were the restarted node and the killed one.
+    const pair = keysOnExactly(c.proxy.ring, w.keys, [i, j]);
+    const pairPresent = pair.filter((k) => w!.stateOf(k).acked !== null);
+    const pairBad = final.filter((v) => pair.includes(v.key));
+    const onNode = await w.verifyNode(c.nodes[i]!, replicaKeys(c.proxy.ring, w.keys, i), {
+      requirePresent: true,
+    });
+    log('restart+kill', w.summary());
+    log(
+      'restart+kill',
+      `resync copied ${stats.get(`proxy_node_${i}_resync_copied`)}, scanned ${stats.get(`proxy_node_${i}_resync_scanned`)}, ` +
+        `failed ${stats.get(`proxy_node_${i}_resync_failed`)}; sessions on {${i},${j}} only: ${pair.length}, present ${pairPresent.length}`,
+    );
+    expectWork(w);
+    expect(Number(stats.get(`proxy_node_${i}_resync_copied`)), 'keys re-synced').to.be.greaterThan(
+      50,
+    );
+    expect(pairPresent.length, `sessions on {${i},${j}} only`).to.be.greaterThan(50);
+    expectClean(`sessions on {${i},${j}} only`, pairBad, w);
+    expectClean('gets during the run', w.violations, w);
+    expectClean('final read of every session', final, w);
+    expectClean(`sessions held by the re-synced node ${i}`, onNode, w);
+  });
+
+  it('all nodes hung for 1 s then back: SERVER_ERROR meanwhile, then every session as acked', async function () {
+    this.timeout(30000);
+    c = await startCluster();
+    w = await SessionWorkload.start({ port: c.port, seed: 404 });
+    await w.run(700);
+    const atPause = w.snapshot();
+    for (const i of [0, 1, 2]) pause(i);
+    await w.run(1000);
+    const outage = countsSince(w.snapshot(), atPause);
+    for (const i of [0, 1, 2]) resume(i);
+    for (const i of [0, 1, 2]) await c.waitNode(i, true, 5000);
+    const atReturn = w.snapshot();
+    await w.run(1000);
+    const after = countsSince(w.snapshot(), atReturn);
+    await w.stop();
+    const final = await w.verify();
+    const replicas = await verifyReplicas(c, w, [0, 1, 2], true);
+    log('all hung', w.summary());
+    log(
+      'all hung',
+      `outage: requests ${outage.requests}, SERVER_ERROR ${outage.serverErrors}, transport ${outage.transportErrors}; ` +
+        `after return: requests ${after.requests}, acked sets ${after.ackedSets}, failed ${after.failed}`,
+    );
+    expectWork(w);
+    expect(outage.serverErrors, 'SERVER_ERROR replies while every node was hung').to.be.greaterThan(
+      0,
+    );
+    expect(after.ackedSets, 'writes acked after the nodes came back').to.be.greaterThan(200);
+    expect(after.hits, 'gets that hit after the nodes came back').to.be.greaterThan(100);
+    expect(after.failed, `failed requests after every node was back: ${w.summary()}`).to.equal(0);
+    expectClean('gets during the run', w.violations, w);
+    expectClean('final read of every session', final, w);
+    expectClean('sessions held by each node', replicas, w);
+  });
+
+  it('a flood of bad input on other connections: no failed request, no violation', async function () {
+    this.timeout(30000);
+    c = await startCluster();
+    w = await SessionWorkload.start({ port: c.port, seed: 505 });
+    await w.run(300);
+    const before = w.snapshot();
+    const [garbage] = await Promise.all([flood(c.port, 10, 1500, 505), w.run(1500)]);
+    const during = countsSince(w.snapshot(), before);
+    await w.run(300);
+    await w.stop();
+    const final = await w.verify();
+    const fresh = await MemcacheClient.connect(c.port);
+    let version: string;
+    try {
+      version = await fresh.command('version');
+    } finally {
+      fresh.close();
+    }
+    log('garbage', w.summary());
+    log(
+      'garbage',
+      `flood: ${garbage.connections} connections, ${garbage.bytesSent} bytes sent, ` +
+        `${garbage.bytesReceived} received, ${garbage.closedByProxy} closed by the proxy; ` +
+        `workload meanwhile: ${during.requests} requests`,
+    );
+    expectWork(w);
+    expect(garbage.bytesSent, 'garbage sent').to.be.greaterThan(200_000);
+    expect(garbage.bytesReceived, 'error replies to the garbage').to.be.greaterThan(0);
+    expect(garbage.closedByProxy, 'connections closed for overlong lines').to.be.greaterThan(0);
+    expect(during.requests, 'workload requests during the flood').to.be.greaterThan(1000);
+    expect(w.snapshot().failed, `failed requests: ${w.summary()}`).to.equal(0);
+    expectClean('gets during the run', w.violations, w);
+    expectClean('final read of every session', final, w);
+    expect(version).to.equal(`VERSION ${PROTOCOL_VERSION}\r\n`);
+  });
+});
+
+/** A key whose primary is `a` and backup `b`. */
+function keyOn(c: Cluster, prefix: string, a: number, b: number): string {
+  for (let i = 0; i < 100000; i++) {
+    const k = `${prefix}:${i}`;
+    const o = c.proxy.ring.order(Buffer.from(k));
+    if (o[0] === a && o[1] === b) return k;
+  }
+  throw new Error(`no key on ${a},${b}`);
+}
+
+describe('fencing and re-sync edge cases', function () {
+  let c: Cluster;
+  let p: MemcacheClient;
+  const paused = new Set<number>();
+
+  afterEach(async function () {
+    p?.close();
+    for (const i of paused) c.nodes[i]!.resume();
+    paused.clear();
+    await c?.stop();
+  });
+
+  it('a node that rejoins while its partner is down never serves what it missed', async function () {
+    this.timeout(30000);
+    c = await startCluster();
+    p = await MemcacheClient.connect(c.port);
+    const [A, B] = [0, 1];
+    const k = keyOn(c, 'stag', A, B);
+    const d = keyOn(c, 'stagdel', A, B);
+    expect(await p.command(`set ${k} 0 0 2`, 'v1')).to.equal('STORED\r\n');
+    expect(await p.command(`set ${d} 0 0 2`, 'v1')).to.equal('STORED\r\n');
+    // A hangs; writes go on to B (the first ones time out on A and mark it down).
+    c.nodes[A]!.pause();
+    paused.add(A);
+    for (let t = 0; t < 20 && c.proxy.nodes[A]!.isUp; t++) {
+      await p.command(`set ${k} 0 0 2`, 'v2');
+      await sleep(20);
+    }
+    await c.waitNode(A, false);
+    expect(await p.command(`set ${k} 0 0 2`, 'v3')).to.equal('STORED\r\n');
+    expect(await p.command(`delete ${d}`)).to.equal('DELETED\r\n');
+    // B hangs too, and A comes back while B is still down: A cannot be checked for k and d.
+    c.nodes[B]!.pause();
+    paused.add(B);
+    await p.command(`get ${k}`).catch(() => '');
+    await p.command(`get ${k}`).catch(() => '');
+    await c.waitNode(B, false, 3000);
+    c.nodes[A]!.resume();
+    paused.delete(A);
+    await c.waitNode(A, true, 3000);
+    // Only B has the newest copies: an error, never A's old value or the deleted session.
+    expect(await p.command(`get ${k}`)).to.equal('SERVER_ERROR no replica available\r\n');
+    expect(await p.command(`get ${d}`)).to.equal('SERVER_ERROR no replica available\r\n');
+    const stats = await p.command('stats');
+    expect(stats).to.match(new RegExp(`STAT proxy_node_${A}_fenced_keys [1-9]`));
+    // B returns: A is brought up to date from it, and both agree.
+    c.nodes[B]!.resume();
+    paused.delete(B);
+    await c.waitNode(B, true, 3000);
+    const deadline = Date.now() + 3000;
+    while ((await peek(c.nodes[A]!, k))?.value !== 'v3' && Date.now() < deadline) await sleep(20);
+    expect(await p.command(`get ${k}`)).to.equal(`VALUE ${k} 0 2\r\nv3\r\nEND\r\n`);
+    expect(await p.command(`get ${d}`)).to.equal('END\r\n');
+    expect((await peek(c.nodes[A]!, k))?.value).to.equal('v3');
+    expect(await peek(c.nodes[A]!, d)).to.equal(null);
+    expect(await p.command('stats')).to.match(new RegExp(`STAT proxy_node_${A}_fenced_keys 0\r\n`));
+  });
+
+  it('two nodes restarted at once both re-sync fully (a BUSY key listing is retried)', async function () {
+    this.timeout(30000);
+    c = await startCluster({ recovery: { resyncRate: 100000 } });
+    p = await MemcacheClient.connect(c.port);
+    const C = 2;
+    const pairs: string[][] = [[], []];
+    for (let n = 0; pairs[0]!.length < 300 || pairs[1]!.length < 300; n++) {
+      const k = `rs:${n}`;
+      const o = c.proxy.ring.order(Buffer.from(k));
+      for (const x of [0, 1]) {
+        const shared = (o[0] === x && o[1] === C) || (o[0] === C && o[1] === x);
+        if (shared && pairs[x]!.length < 300) pairs[x]!.push(k);
+      }
+    }
+    const all = [...pairs[0]!, ...pairs[1]!];
+    const stored = await p.pipeline(all.map((k) => [`set ${k} 0 0 2`, 'v1'] as [string, string]));
+    expect(new Set(stored)).to.deep.equal(new Set(['STORED\r\n']));
+    // Filler on the shared source makes its key listing slow enough for the two to overlap.
+    const filler = await direct(c.nodes[C]!);
+    let bulk = '';
+    for (let n = 0; n < 20000; n++) {
+      bulk += `set filler:${n}:${'y'.repeat(150)} 0 0 50 noreply\r\n${'x'.repeat(50)}\r\n`;
+    }
+    filler.send(bulk);
+    await sleep(500);
+    filler.close();
+    await Promise.all([c.restart(0), c.restart(1)]);
+    const deadline = Date.now() + 15000;
+    const fin = (i: number): boolean => c.proxy.recovery.resyncState(i) === 'done';
+    while (!(fin(0) && fin(1)) && Date.now() < deadline) await sleep(20);
+    expect([0, 1].map((i) => c.proxy.recovery.resyncState(i))).to.deep.equal(['done', 'done']);
+    await c.kill(C);
+    await c.waitNode(C, false, 3000);
+    const lost = all.filter((k) => k !== '');
+    const answers = await p.pipeline(lost.map((k) => `get ${k}`));
+    const missing = lost.filter((k, i) => answers[i] !== `VALUE ${k} 0 2\r\nv1\r\nEND\r\n`);
+    expect(missing, 'sessions lost once the shared source died').to.deep.equal([]);
+  });
+});

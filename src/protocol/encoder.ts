@@ -75,11 +75,16 @@ export function encodeValue(key: Buffer, flags: number, data: Buffer, cas?: bigi
   return Buffer.concat([Buffer.from(head, 'latin1'), data, CRLF]);
 }
 
-/** How a key is written in a meta command: as is, or base64 with the `b` flag when it has bytes a token cannot hold. */
+/**
+ * How a key is written in a meta command: as is, or base64 with the `b` flag
+ * when it has a byte a token cannot hold (space, LF, NUL). Other control
+ * bytes stay raw, as classic commands carry them: base64 would make a key of
+ * 187+ bytes longer than memcached's 250-byte token limit.
+ */
 export function metaKey(key: Buffer): { token: Buffer; binary: boolean } {
   for (let i = 0; i < key.length; i++) {
     const c = key[i]!;
-    if (c <= 0x20 || c === 0x7f) return { token: encodeKey(key), binary: true };
+    if (c === 0x20 || c === 0x0a || c === 0x00) return { token: encodeKey(key), binary: true };
   }
   return { token: key, binary: false };
 }

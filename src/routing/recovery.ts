@@ -68,6 +68,10 @@ class NodeRecovery {
   resyncFailed = 0;
 }
 
+/** How a fence ended: done, failed on the node being fenced, or failed on another replica. */
+type FenceResult = 'ok' | 'node' | 'other';
+/** Replay rounds before what is still logged is fenced instead (see replay). */
+const REJOIN_ROUNDS = 4;
 /** Wait between a probe's answer and the replay (see onProbe). */
 const REJOIN_GRACE_MS = 150;
 /** Wait before fixing keys a node that is up missed, so a burst is fixed in one round. */
@@ -136,10 +140,14 @@ export class Recovery {
       s.fixing = false;
       return;
     }
-    this.replay(target, () => {
-      // Whatever is left (the node failed again) waits for the next miss or the rejoin.
-      s.fixing = false;
-    });
+    this.replay(
+      target,
+      () => {
+        // Whatever is left (the node failed again) waits for the next miss or the rejoin.
+        s.fixing = false;
+      },
+      Infinity,
+    );
   }
 
   /** `node` missed a flush_all: everything on it may be stale. */
@@ -197,7 +205,7 @@ export class Recovery {
    * Bring every logged key up to date on `node`, until the log is empty.
    * Calls back false (with the unfinished keys back in the log) if the node fails.
    */
-  private replay(node: BackendNode, cb: (ok: boolean) => void): void {
+  private replay(node: BackendNode, cb: (ok: boolean) => void, rounds = REJOIN_ROUNDS): void {
     const s = this.state[node.index]!;
     const pending = [...s.missed];
     s.missed.clear();
@@ -209,30 +217,38 @@ export class Recovery {
     const keep = (ks: string, seq: number): void => {
       if ((s.missed.get(ks) ?? 0) < seq) s.missed.set(ks, seq);
     };
-    const one = (ks: string, seq: number, ok: boolean): void => {
+    const one = (ks: string, seq: number, res: FenceResult): void => {
       active--;
-      if (ok) s.replayed++;
-      else {
+      if (res === 'ok') s.replayed++;
+      else if (res === 'other') {
+        // Another replica failed: this node's copy cannot be checked now. Fenced, it does not
+        // hold up the rejoin; the next node-up or miss fixes it.
+        if ((s.fenced.get(ks) ?? 0) < seq) s.fenced.set(ks, seq);
+      } else {
         failed = true;
         keep(ks, seq);
       }
       if (!failed && next < pending.length) return pump();
       if (active > 0) return;
       if (failed) {
-        // Not done: every key not known fixed stays in the log.
+        // This node failed: every key not known fixed stays in the log.
         for (let i = next; i < pending.length; i++) keep(pending[i]![0], pending[i]![1]);
         return cb(false);
       }
       if (s.overflow) return cb(false); // overflowed meanwhile: the next probe flushes
-      // Keys logged while this round ran: another round.
-      if (s.missed.size > 0) return this.replay(node, cb);
+      if (s.missed.size === 0) return cb(true);
+      // Keys logged while this round ran: another round. Under a steady write load that may
+      // never end, so after a few rounds the rest is fenced and fixed in the background.
+      if (rounds > 1) return this.replay(node, cb, rounds - 1);
+      for (const [ks, seq] of s.missed) if ((s.fenced.get(ks) ?? 0) < seq) s.fenced.set(ks, seq);
+      s.missed.clear();
       cb(true);
     };
     const pump = (): void => {
       while (active < WINDOW && next < pending.length) {
         const [ks, seq] = pending[next++]!;
         active++;
-        this.fence(node.index, Buffer.from(ks, 'latin1'), seq, (ok) => one(ks, seq, ok));
+        this.fence(node.index, Buffer.from(ks, 'latin1'), seq, (res) => one(ks, seq, res));
       }
     };
     pump();
@@ -247,12 +263,12 @@ export class Recovery {
    * down missed less still, the copies that are up may be older than it:
    * they are fenced until it returns (or a write replaces them).
    */
-  private fence(node: number, key: Buffer, seq: number, cb: (ok: boolean) => void): void {
+  private fence(node: number, key: Buffer, seq: number, cb: (res: FenceResult) => void): void {
     const hash = keyHash(key);
     this.exclusive(hash, (release) => {
-      const finish = (ok: boolean): void => {
+      const finish = (res: FenceResult): void => {
         release();
-        cb(ok);
+        cb(res);
       };
       const ks = key.toString('latin1');
       const order = this.ring.order(key);
@@ -276,15 +292,15 @@ export class Recovery {
         }
       }
       const targets = [node, ...up].filter((n) => n !== best);
-      const settle = (ok: boolean): void => {
-        if (!ok) return finish(false);
+      const settle = (ok: boolean, failedNode = -1): void => {
+        if (!ok) return finish(failedNode === node ? 'node' : 'other');
         for (const n of [node, ...up]) {
           const st = this.state[n]!;
           st.fenced.delete(ks);
           // A replica down that missed less may hold newer: fence every copy that is up.
           if (downBest < bestSeq) st.fenced.set(ks, bestSeq);
         }
-        finish(true);
+        finish('ok');
       };
       if (targets.length === 0) return settle(true);
       this.copyItem(best, targets, key, hash, settle);
@@ -307,22 +323,21 @@ export class Recovery {
     to: number[],
     key: Buffer,
     hash: number,
-    cb: (ok: boolean) => void,
+    cb: (ok: boolean, failedNode?: number) => void,
   ): void {
     this.nodes[from]!.sendDirect(hash, encodeMeta('mg', key, 'v f t'), EXPECT_LINE, (err, r) => {
-      // The source failed: try again on the next round (or the next rejoin).
-      if (err !== null || r === null || r.isError) return cb(false);
+      if (err !== null || r === null || r.isError) return cb(false, from);
       const item = itemOf(r);
       const msg =
         item === null
           ? encodeMeta('md', key, '')
           : encodeMetaSet(key, item.data, item.flags, item.ttl);
       let left = to.length;
-      let ok = true;
+      let failed = -1;
       for (const t of to) {
         this.nodes[t]!.sendDirect(hash, msg, EXPECT_LINE, (e2, r2) => {
-          if (e2 !== null || r2 === null || r2.isError) ok = false;
-          if (--left === 0) cb(ok);
+          if (e2 !== null || r2 === null || r2.isError) failed = t;
+          if (--left === 0) cb(failed < 0, failed < 0 ? undefined : failed);
         });
       }
     });

@@ -45,6 +45,7 @@ export class ClientSession {
   private inflight = 0;
   private draining = false;
   private paused = false;
+  private resumeScheduled = false;
   private closed = false;
   private closing = false;
   /** Commands dispatched to the router and not yet answered. */
@@ -79,7 +80,7 @@ export class ClientSession {
     socket.on('end', () => {
       // The client finished sending; answer what it asked, then close.
       this.closing = true;
-      if (this.head === null) socket.end();
+      if (this.head === null && !this.parser.holding) socket.end();
     });
   }
 
@@ -189,7 +190,7 @@ export class ClientSession {
       }
     }
     if (corked) sock.uncork();
-    if (close || (this.closing && this.head === null)) {
+    if (close || (this.closing && this.head === null && !this.parser.holding)) {
       this.closed = true;
       this.head = this.tail = null;
       sock.end();
@@ -203,10 +204,21 @@ export class ClientSession {
     const shouldPause = this.draining || this.inflight >= this.maxInflight;
     if (shouldPause && !this.paused) {
       this.paused = true;
+      // The parser stops too: one read can hold thousands of commands.
+      this.parser.pause();
       this.socket.pause();
     } else if (!shouldPause && this.paused) {
       this.paused = false;
       this.socket.resume();
+      // Resumed outside the reply callback that got here, so commands are not dispatched
+      // from inside another command's completion.
+      if (!this.resumeScheduled) {
+        this.resumeScheduled = true;
+        setImmediate(() => {
+          this.resumeScheduled = false;
+          if (!this.paused && !this.closed) this.parser.resume();
+        });
+      }
     }
   }
 

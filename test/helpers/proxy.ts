@@ -86,7 +86,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       overrides,
     );
     const config = parseConfig(raw);
-    const proxy = new Proxy(config, pino({ level: 'silent' }));
+    const proxy = new Proxy(config, pino({ level: process.env.MSP_TEST_LOG ?? 'silent' }));
     await proxy.start();
     const cluster: Cluster = {
       proxy,

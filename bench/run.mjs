@@ -137,35 +137,34 @@ function cpuSeconds(pid) {
   return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
 }
 
-/** CPU seconds of a process and its children that are still alive (workers). */
-function treeCpu(pid) {
-  let total = cpuSeconds(pid);
+/** Child process ids (Linux), for proxies that fork workers. */
+function childPids(pid) {
   try {
-    const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
       .trim()
       .split(/\s+/)
-      .filter(Boolean);
-    for (const k of kids) total += treeCpu(Number(k));
+      .filter(Boolean)
+      .map(Number);
   } catch {
-    // no children file
+    return [];
   }
-  return total;
+}
+
+/** A per-process measure summed over a process and its live children. */
+function tree(pid, measure) {
+  return childPids(pid).reduce((total, k) => total + tree(k, measure), measure(pid));
+}
+
+/** CPU seconds of a process and its children that are still alive (workers). */
+function treeCpu(pid) {
+  return tree(pid, cpuSeconds);
 }
 
 function rssMB(pid) {
-  let total = 0;
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  if (m) total += Number(m[1]) / 1024;
-  try {
-    const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
-      .trim()
-      .split(/\s+/)
-      .filter(Boolean);
-    for (const k of kids) total += rssMB(Number(k));
-  } catch {
-    // none
-  }
-  return total;
+  return tree(pid, (p) => {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${p}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : 0;
+  });
 }
 
 function loadgen(bin, port, extra) {

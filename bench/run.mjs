@@ -279,6 +279,20 @@ async function main() {
     ]);
   }
 
+  /** One timed run of the load generator against target `t` (the same base load for all). */
+  const drive = (t, extra) =>
+    loadgen(bin, t.port, [
+      '--seconds',
+      String(SECONDS),
+      '--keys',
+      String(KEYS),
+      '--conns',
+      String(CONNS),
+      '--prefix',
+      t.prefix,
+      ...extra,
+    ]);
+
   const results = {};
   for (const w of WORKLOADS) {
     results[w] = Object.fromEntries(targets.map((t) => [t.name, []]));
@@ -286,19 +300,7 @@ async function main() {
       const order = targets.map((_, i) => targets[(i + r) % targets.length]);
       for (const t of order) {
         const cpu0 = treeCpu(t.pid);
-        const res = await loadgen(bin, t.port, [
-          '--seconds',
-          String(SECONDS),
-          '--keys',
-          String(KEYS),
-          '--conns',
-          String(CONNS),
-          '--prefix',
-          t.prefix,
-          '--seed',
-          String(r + 1),
-          ...WORKLOAD_ARGS[w],
-        ]);
+        const res = await drive(t, ['--seed', String(r + 1), ...WORKLOAD_ARGS[w]]);
         const cpu = treeCpu(t.pid) - cpu0;
         res.cpu_us = (cpu * 1e6) / Math.max(1, res.requests);
         results[w][t.name].push(res);
@@ -340,15 +342,7 @@ async function main() {
   const fixed = {};
   for (let r = 0; r < ROUNDS; r++) {
     for (const t of targets) {
-      const res = await loadgen(bin, t.port, [
-        '--seconds',
-        String(SECONDS),
-        '--keys',
-        String(KEYS),
-        '--conns',
-        String(CONNS),
-        '--prefix',
-        t.prefix,
+      const res = await drive(t, [
         '--rate',
         '30000',
         '--seed',

@@ -363,6 +363,11 @@ export class Recovery {
 
   // ---------------------------------------------------------------- fencing
 
+  /** Whether any node has a fenced key. */
+  get anyFenced(): boolean {
+    return this.state.some((s) => s.fenced.size > 0);
+  }
+
   /** Whether `node`'s copy of `key` is not to be trusted (read elsewhere, never the authority). */
   isFenced(node: number, key: Buffer): boolean {
     const f = this.state[node]!.fenced;

@@ -8,7 +8,8 @@
  *   restart a node empty, wait for its re-sync, then kill another and restart it;
  *   hang every node for 2 s.
  *
- * Per phase it prints failed requests and latency; at the end every
+ * Per phase it prints failed requests (and when the last one failed) and the
+ * latency clients saw (p50, p99, max, and how many took over 200 ms); at the end every
  * acknowledged session is read back: none missing, none stale, no deleted one
  * back. Exit status 1 on any violation.
  *
@@ -21,7 +22,7 @@ import {
   SessionWorkload,
   countsSince,
   formatViolations,
-  type Counts,
+  percentile,
 } from '../test/helpers/sessions.js';
 
 const args = process.argv.slice(2);
@@ -32,19 +33,29 @@ const opt = (name: string, def: number): number => {
 const MINUTES = opt('minutes', 5);
 const HANG_S = opt('hang', 10);
 
-function line(what: string, c: Counts, ms: number): void {
-  const pct = c.requests > 0 ? ((100 * c.failed) / c.requests).toFixed(2) : '0';
-  console.log(
-    `${what.padEnd(44)} ${String(c.requests).padStart(7)} requests in ${(ms / 1000).toFixed(1)} s, ` +
-      `failed ${c.failed} (${pct}%)`,
-  );
-}
-
+/**
+ * Run `body` as one measured phase and print its requests, failures (with the
+ * last failure's time into the phase) and the latency clients saw in it.
+ */
 async function phase(w: SessionWorkload, what: string, body: () => Promise<void>): Promise<void> {
   const before = w.snapshot();
-  const t0 = Date.now();
+  const lat0 = w.latencies.length;
+  const fail0 = w.failureTimes.length;
+  const t0 = w.elapsed;
   await body();
-  line(what, countsSince(w.snapshot(), before), Date.now() - t0);
+  const ms = w.elapsed - t0;
+  const c = countsSince(w.snapshot(), before);
+  const lat = w.latencies.slice(lat0).sort((a, b) => a - b);
+  const fails = w.failureTimes.slice(fail0);
+  const pct = c.requests > 0 ? ((100 * c.failed) / c.requests).toFixed(2) : '0';
+  const slow = lat.filter((x) => x > 200).length;
+  const last = fails.length > 0 ? `, last at +${Math.round(fails[fails.length - 1]! - t0)} ms` : '';
+  const f = (x: number): string => (x < 10 ? x.toFixed(2) : x.toFixed(0));
+  console.log(
+    `${what.padEnd(40)} ${String(c.requests).padStart(7)} req in ${(ms / 1000).toFixed(1)} s, ` +
+      `failed ${c.failed} (${pct}%${last}); latency ms p50 ${f(percentile(lat, 50))} ` +
+      `p99 ${f(percentile(lat, 99))} max ${f(lat[lat.length - 1] ?? NaN)}, >200 ms: ${slow}`,
+  );
 }
 
 async function waitUntil(what: string, ms: number, check: () => boolean): Promise<void> {
@@ -53,6 +64,18 @@ async function waitUntil(what: string, ms: number, check: () => boolean): Promis
     if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
     await sleep(20);
   }
+}
+
+/** Restart node `n` empty and wait until the re-sync this starts has finished. */
+async function restartAndResync(c: Cluster, n: number): Promise<void> {
+  const runs = c.proxy.recovery.resyncRuns(n);
+  await c.restart(n);
+  // The state alone could still say 'done' from an earlier run.
+  await waitUntil(
+    're-sync',
+    60_000,
+    () => c.proxy.recovery.resyncRuns(n) > runs && c.proxy.recovery.resyncState(n) === 'done',
+  );
 }
 
 async function main(): Promise<void> {
@@ -72,8 +95,7 @@ async function main(): Promise<void> {
             await w.run(3000);
           });
           await phase(w, `restart node ${n} empty, re-sync`, async () => {
-            await c.restart(n);
-            await waitUntil('re-sync', 60_000, () => c.proxy.recovery.resyncState(n) === 'done');
+            await restartAndResync(c, n);
             await w.run(1000);
           });
           break;
@@ -85,23 +107,19 @@ async function main(): Promise<void> {
             } finally {
               c.nodes[n]!.resume();
             }
+          });
+          await phase(w, `resume node ${n}, rejoin`, async () => {
             await waitUntil('rejoin', 30_000, () => c.proxy.nodes[n]!.isUp);
             await w.run(1000);
           });
           break;
         case 2:
-          await phase(w, `restart node ${n} empty, then kill node ${other}`, async () => {
-            await c.restart(n);
-            await waitUntil('re-sync', 60_000, () => c.proxy.recovery.resyncState(n) === 'done');
+          await phase(w, `restart node ${n} empty, re-sync`, () => restartAndResync(c, n));
+          await phase(w, `then kill node ${other}`, async () => {
             await c.kill(other);
             await w.run(3000);
-            await c.restart(other);
-            await waitUntil(
-              're-sync',
-              60_000,
-              () => c.proxy.recovery.resyncState(other) === 'done',
-            );
           });
+          await phase(w, `restart node ${other} empty, re-sync`, () => restartAndResync(c, other));
           break;
         default:
           await phase(w, 'hang every node for 2 s', async () => {

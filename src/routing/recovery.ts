@@ -66,6 +66,8 @@ class NodeRecovery {
   resyncScanned = 0;
   resyncCopied = 0;
   resyncFailed = 0;
+  /** Delay before retrying a failed re-sync; doubles per failure, reset by a finished one. */
+  resyncRetryMs = RESYNC_RETRY_MS;
 }
 
 /** How a fence ended: done, failed on the node being fenced, or failed on another replica. */
@@ -76,6 +78,9 @@ const REJOIN_ROUNDS = 4;
 const REJOIN_GRACE_MS = 150;
 /** Wait before fixing keys a node that is up missed, so a burst is fixed in one round. */
 const FIX_DELAY_MS = 20;
+/** First and longest wait before a failed re-sync runs again. */
+const RESYNC_RETRY_MS = 1000;
+const RESYNC_RETRY_MAX_MS = 30_000;
 /** Copies in flight during a rejoin or re-sync. */
 const WINDOW = 32;
 const FLUSH = Buffer.from('flush_all\r\n');
@@ -463,6 +468,8 @@ export class Recovery {
       s.resync = state;
       const fields = { node: target.label, copied: s.resyncCopied, failed: s.resyncFailed };
       this.log.info({ ...fields, state, keys: keys.length }, 'resync finished');
+      if (state === 'done') s.resyncRetryMs = RESYNC_RETRY_MS;
+      else this.retryResync(node, run);
     };
     const pump = (): void => {
       if (this.closed || s.resyncRun !== run || s.resync !== 'running') return;
@@ -492,6 +499,23 @@ export class Recovery {
       }
     };
     pump();
+  }
+
+  /**
+   * A failed re-sync left keys uncopied (a source could not list them, or a
+   * copy failed): run it again later, once the node is up, so a partner lost
+   * after a bad moment does not take those keys with it.
+   */
+  private retryResync(node: number, run: number): void {
+    const s = this.state[node]!;
+    const delay = s.resyncRetryMs;
+    s.resyncRetryMs = Math.min(delay * 2, RESYNC_RETRY_MAX_MS);
+    this.later(() => {
+      // A newer run (a restart seen meanwhile) supersedes this retry.
+      if (this.closed || s.resyncRun !== run || s.resync !== 'failed') return;
+      if (this.nodes[node]!.isUp) this.resync(node);
+      else this.retryResync(node, run);
+    }, delay);
   }
 
   /** Copy `key` to `node` from a healthy replica, add-mode (a newer write already there wins). */
@@ -591,6 +615,7 @@ export class Recovery {
       out.push([`proxy_node_${i}_rejoin_replayed`, s.replayed]);
       out.push([`proxy_node_${i}_rejoin_flushes`, s.flushes]);
       out.push([`proxy_node_${i}_resync`, s.resync]);
+      out.push([`proxy_node_${i}_resyncs`, s.resyncRun]);
       out.push([`proxy_node_${i}_resync_scanned`, s.resyncScanned]);
       out.push([`proxy_node_${i}_resync_copied`, s.resyncCopied]);
       out.push([`proxy_node_${i}_resync_failed`, s.resyncFailed]);
@@ -601,6 +626,11 @@ export class Recovery {
   /** Re-sync state of a node (for tests and stats). */
   resyncState(node: number): ResyncState {
     return this.state[node]!.resync;
+  }
+
+  /** Re-syncs of a node started so far (tells a finished new run from an old one). */
+  resyncRuns(node: number): number {
+    return this.state[node]!.resyncRun;
   }
 
   close(): void {

@@ -5,12 +5,15 @@
  *
  * hashring builds the continuum; lookups are done here on raw key bytes, so
  * any key (invalid UTF-8, `__proto__`) hashes exactly as the bytes a client
- * sent, and no lookup touches hashring's object-keyed cache. The ring never
+ * sent, and no lookup touches hashring's object-keyed cache. A lookup is an
+ * md5 of the key (md5.ts, no allocation) and a binary search; the replica
+ * order is computed once per continuum point, so there is no per-key cache
+ * to size or thrash. The ring never
  * changes when a node goes down: callers skip down nodes in the replica list.
  */
 
-import { createHash } from 'node:crypto';
 import HashRing from 'hashring';
+import { md5Word } from './md5.js';
 
 export interface RingNode {
   /** Label hashed onto the ring. */
@@ -24,10 +27,10 @@ export class Ring {
   /** Node index owning each point. */
   private readonly owners: Uint16Array;
   private readonly nodeCount: number;
-  private readonly cache = new Map<string, Uint16Array>();
-  private readonly cacheMax: number;
+  /** Replica order starting at each point, filled in on first use. */
+  private readonly orders: (Uint16Array | undefined)[];
 
-  constructor(nodes: readonly RingNode[], options: { cacheSize?: number } = {}) {
+  constructor(nodes: readonly RingNode[]) {
     if (nodes.length === 0) throw new Error('ring needs at least one node');
     const servers: Record<string, number> = Object.create(null);
     const index = new Map<string, number>();
@@ -60,12 +63,12 @@ export class Ring {
       this.owners[i] = index.get(p.server)!;
     });
     this.nodeCount = nodes.length;
-    this.cacheMax = options.cacheSize ?? 65536;
+    this.orders = new Array<Uint16Array | undefined>(continuum.length).fill(undefined);
   }
 
   /** ketama hash of raw key bytes: the first 4 bytes of md5, little-endian. */
-  static hash(key: Buffer): number {
-    return createHash('md5').update(key).digest().readUInt32LE(0);
+  static hash(key: Uint8Array): number {
+    return md5Word(key);
   }
 
   /** Index of the first point at or after `h`, wrapping to 0. */
@@ -82,16 +85,18 @@ export class Ring {
 
   /**
    * All nodes in ring order from the key's point: the primary first, then the
-   * next distinct nodes. Callers take the first R as the replica set.
+   * next distinct nodes. Callers take the first R as the replica set. The
+   * array is shared: read it, never change it.
    */
-  order(key: Buffer): Uint16Array {
-    const ck = key.toString('latin1');
-    const hit = this.cache.get(ck);
-    if (hit !== undefined) return hit;
+  order(key: Uint8Array): Uint16Array {
+    const start = this.find(md5Word(key));
+    return this.orders[start] ?? this.orderAt(start);
+  }
+
+  private orderAt(start: number): Uint16Array {
     const out = new Uint16Array(this.nodeCount);
     const seen = new Uint8Array(this.nodeCount);
     let n = 0;
-    const start = this.find(Ring.hash(key));
     for (let i = 0; i < this.points.length && n < this.nodeCount; i++) {
       const owner = this.owners[(start + i) % this.points.length]!;
       if (seen[owner] === 0) {
@@ -99,13 +104,12 @@ export class Ring {
         out[n++] = owner;
       }
     }
-    if (this.cache.size >= this.cacheMax) this.cache.clear();
-    this.cache.set(ck, out);
+    this.orders[start] = out;
     return out;
   }
 
   /** The primary node of a key. */
-  primary(key: Buffer): number {
+  primary(key: Uint8Array): number {
     return this.order(key)[0]!;
   }
 }

@@ -173,7 +173,7 @@ function judge(
   return 'corrupt';
 }
 
-function percentile(sorted: number[], p: number): number {
+export function percentile(sorted: readonly number[], p: number): number {
   if (sorted.length === 0) return NaN;
   const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
   return sorted[i]!;
@@ -185,8 +185,10 @@ export class SessionWorkload {
   readonly keys: string[];
   /** Violations seen by the workload's own gets and deletes. */
   readonly violations: Violation[] = [];
-  /** Per-request latency in ms (for the summary only). */
+  /** Per-request latency in ms (for summaries only), in completion order. */
   readonly latencies: number[] = [];
+  /** When each failed request ended, in ms since the start (SERVER_ERROR or transport). */
+  readonly failureTimes: number[] = [];
   /** SERVER_ERROR replies by command and text, with their counts. */
   readonly errors = new Map<string, number>();
   private readonly options: Required<SessionOptions>;
@@ -371,6 +373,7 @@ export class SessionWorkload {
       return r;
     } catch {
       this.latencies.push(performance.now() - t0);
+      this.failureTimes.push(this.elapsed);
       this.counts.failed++;
       this.counts.transportErrors++;
       return null;
@@ -379,6 +382,7 @@ export class SessionWorkload {
 
   private serverError(op: string, r: Reply): boolean {
     if (!r.text.startsWith('SERVER_ERROR')) return false;
+    this.failureTimes.push(this.elapsed);
     this.counts.failed++;
     this.counts.serverErrors++;
     const what = `${op}: ${r.text}`;

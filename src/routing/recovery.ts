@@ -187,6 +187,10 @@ export class Recovery {
       node.markUp();
       this.refixFenced();
       if (refill && this.options.resyncRate > 0) this.resync(node.index);
+      // A source is back: a re-sync that could not list its keys can now finish.
+      this.state.forEach((o, i) => {
+        if (i !== node.index && o.resync === 'failed' && this.nodes[i]!.isUp) this.resync(i);
+      });
     };
     if (s.overflow) {
       // Too much was missed to replay: empty the node and let it refill.
@@ -421,7 +425,9 @@ export class Recovery {
     const seen = new Set<string>();
     const keys: Buffer[] = [];
     let listed = 0;
-    let incomplete = sources.length === 0;
+    // A node that is down may hold the only other copy of some of this node's keys: the run
+    // cannot be complete, and is retried (when a node comes up, and on a timer).
+    let incomplete = sources.length < this.nodes.length - 1;
     const listedAll = (): void => {
       if (++listed < sources.length) return;
       this.copyAll(node, run, keys, incomplete);

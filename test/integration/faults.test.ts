@@ -484,6 +484,60 @@ describe('fencing and re-sync edge cases', function () {
     expect(await p.command('stats')).to.match(new RegExp(`STAT proxy_node_${A}_fenced_keys 0\r\n`));
   });
 
+  it('a re-sync run while a replica is down ends failed and runs again once it is back', async function () {
+    this.timeout(30000);
+    c = await startCluster({ recovery: { resyncRate: 100000 } });
+    p = await MemcacheClient.connect(c.port);
+    const [A, B] = [0, 1];
+    // Sessions whose only copies are on A and B.
+    const keys: string[] = [];
+    for (let n = 0; keys.length < 200; n++) {
+      const k = `retry:${n}`;
+      const o = c.proxy.ring.order(Buffer.from(k));
+      if ((o[0] === A && o[1] === B) || (o[0] === B && o[1] === A)) keys.push(k);
+    }
+    const stored = await p.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v1'] as [string, string]));
+    expect(new Set(stored)).to.deep.equal(new Set(['STORED\r\n']));
+    // B hangs and is marked down; then A restarts empty: only B could refill it, and B is down.
+    c.nodes[B]!.pause();
+    paused.add(B);
+    const onB = keys.find((k) => c.proxy.ring.order(Buffer.from(k))[0] === B)!;
+    for (let t = 0; t < 20 && c.proxy.nodes[B]!.isUp; t++) {
+      await p.command(`get ${onB}`).catch(() => '');
+    }
+    await c.waitNode(B, false);
+    const runs = c.proxy.recovery.resyncRuns(A);
+    await c.restart(A);
+    await until('a re-sync of A that fails', 5000, () => {
+      const rec = c.proxy.recovery;
+      return rec.resyncRuns(A) > runs && rec.resyncState(A) === 'failed';
+    });
+    // B returns (its copies are current: nothing was written meanwhile); A's re-sync runs again.
+    const failedRuns = c.proxy.recovery.resyncRuns(A);
+    c.nodes[B]!.resume();
+    paused.delete(B);
+    await c.waitNode(B, true, 3000);
+    await until('the retried re-sync of A', 5000, () => {
+      const rec = c.proxy.recovery;
+      return rec.resyncRuns(A) > failedRuns && rec.resyncState(A) === 'done';
+    });
+    // A holds every one of them itself now, so losing B loses nothing.
+    const onA = await direct(c.nodes[A]!);
+    try {
+      const got = await onA.pipeline(keys.map((k) => `get ${k}`));
+      const missing = keys.filter((k, i) => got[i] !== `VALUE ${k} 0 2\r\nv1\r\nEND\r\n`);
+      expect(missing, 'sessions A did not get back').to.deep.equal([]);
+    } finally {
+      onA.close();
+    }
+    await c.kill(B);
+    await c.waitNode(B, false, 3000);
+    const answers = await p.pipeline(keys.map((k) => `get ${k}`));
+    expect(answers.filter((a, i) => a !== `VALUE ${keys[i]} 0 2\r\nv1\r\nEND\r\n`)).to.deep.equal(
+      [],
+    );
+  });
+
   it('two nodes restarted at once both re-sync fully (a BUSY key listing is retried)', async function () {
     this.timeout(30000);
     c = await startCluster({ recovery: { resyncRate: 100000 } });

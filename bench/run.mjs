@@ -204,8 +204,8 @@ async function main() {
   mkdirSync(build, { recursive: true });
   const bin = join(build, 'loadgen');
   execFileSync('gcc', ['-O2', '-o', bin, join(root, 'bench', 'loadgen.c')]);
-  if (!existsSync(join(root, 'dist', 'cli.js')))
-    execFileSync('npm', ['run', 'build'], { cwd: root, stdio: 'inherit' });
+  // Always rebuild: a stale dist/ would benchmark old code.
+  execFileSync('npm', ['run', 'build'], { cwd: root, stdio: 'inherit' });
 
   const dir = mkdtempSync(join(tmpdir(), 'msproxy-bench-'));
   const nodes = await Promise.all([memcached(), memcached(), memcached()]);

@@ -45,7 +45,11 @@ export class Value {
 export class Reply {
   /** The first line without its \r\n; for a values reply, the END or error line. */
   line: Buffer;
-  /** The whole reply as received, for a single-line or VA reply; empty for values/lines replies. */
+  /**
+   * The whole reply as received: always for a single-line or VA reply; for a
+   * values reply only when it arrived in one chunk (then it can be forwarded
+   * as one write), else empty. Empty for lines replies.
+   */
   raw: Buffer;
   /** VALUE blocks of a get reply, in order. */
   values: Value[] | null;
@@ -147,6 +151,12 @@ export class ResponseParser {
   private vFlags = 0;
   private vCas: bigint | undefined = undefined;
   private vBytes = 0;
+  // Where the line being handled sits in the chunk being parsed (lineAt -1: it is a copy).
+  private chunk: Buffer = EMPTY;
+  private lineAt = -1;
+  private lineEnd = 0;
+  /** Start of the values reply in progress in `chunk`, or -1 if it is not all in this chunk. */
+  private replyAt = -1;
 
   constructor(sink: ReplySink, options: ResponseParserOptions = {}) {
     this.sink = sink;
@@ -194,6 +204,17 @@ export class ResponseParser {
   }
 
   push(chunk: Buffer): void {
+    // A reply begun in an earlier chunk cannot be forwarded as a view of this one.
+    this.replyAt = -1;
+    this.chunk = chunk;
+    try {
+      this.parse(chunk);
+    } finally {
+      this.chunk = EMPTY;
+    }
+  }
+
+  private parse(chunk: Buffer): void {
     let pos = 0;
     const len = chunk.length;
     while (pos < len) {
@@ -224,6 +245,8 @@ export class ResponseParser {
           this.desync('reply line too long');
           return;
         }
+        this.lineAt = lineStart;
+        this.lineEnd = pos;
         this.onLine(line);
         if ((this.state as number) === ST_DATA) {
           // Read the data block straight from this chunk when it is all here.
@@ -331,14 +354,23 @@ export class ResponseParser {
       if (this.current === null) {
         this.current = new Reply(EMPTY, EMPTY);
         this.current.values = [];
+        this.replyAt = this.lineAt;
       }
       this.startData(DATA_VALUE, this.vBytes);
       return;
     }
     if (equals(text, 'END') || (this.current === null && isErrorLine(text))) {
-      const r = this.current ?? new Reply(EMPTY, EMPTY);
+      let r = this.current;
+      if (r === null) {
+        r = new Reply(EMPTY, EMPTY);
+        r.values = [];
+        this.replyAt = this.lineAt;
+      }
       r.line = text;
-      r.values ??= [];
+      if (this.replyAt >= 0 && this.lineAt >= 0) {
+        r.raw = this.chunk.subarray(this.replyAt, this.lineEnd);
+      }
+      this.replyAt = -1;
       this.complete(r);
       return;
     }

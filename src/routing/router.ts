@@ -264,13 +264,17 @@ export class Router {
   ): void {
     this.nodes[node]!.send(hash, data, expect, (err, reply) => {
       if (err !== null) {
-        if (err.code === 'MSP_BACKEND_TIMEOUT') this.stats.backendTimeouts++;
-        else if (err.code !== 'MSP_NODE_DOWN') this.stats.backendErrors++;
+        this.countError(err);
         cb(err);
       } else {
         cb(reply!);
       }
     });
+  }
+
+  private countError(err: BackendError): void {
+    if (err.code === 'MSP_BACKEND_TIMEOUT') this.stats.backendTimeouts++;
+    else if (err.code !== 'MSP_NODE_DOWN') this.stats.backendErrors++;
   }
 
   /**
@@ -317,6 +321,7 @@ export class Router {
     this.stats.cmdGet += n;
     if (req.cmd === 'gat' || req.cmd === 'gats') this.stats.cmdTouch += n;
     if (n === 0) return done(R.END);
+    if (n === 1 && (req.cmd === 'get' || req.cmd === 'gets')) return this.readOne(req, done);
     const hashes = keys.map(keyHash);
     const release = (out: Out): void => {
       for (const h of hashes) this.order.release(READ, h);
@@ -327,13 +332,71 @@ export class Router {
     else this.order.wait(new Ticket(READ, run), hashes);
   }
 
-  private readRun(req: Request, hashes: number[], done: Done): void {
+  /**
+   * A single-key get or gets, the session store's read: a hit on the first
+   * replica costs one request and, for get, forwards the node's reply as it
+   * came. Anything else (a miss, a failure) carries on in readRun.
+   */
+  private readOne(req: Request, done: Done): void {
+    const hash = keyHash(req.keys[0]!);
+    if (this.order.tryAcquire(READ, hash)) this.readOneRun(req, hash, done);
+    else this.order.wait(new Ticket(READ, () => this.readOneRun(req, hash, done)), [hash]);
+  }
+
+  private readOneRun(req: Request, hash: number, done: Done): void {
+    const key = req.keys[0]!;
+    const route = this.trusted(key);
+    const node = route[0];
+    if (node === undefined) {
+      this.order.release(READ, hash);
+      this.stats.unavailable++;
+      return done(NO_REPLICA);
+    }
+    this.nodes[node]!.send(hash, req.raw, EXPECT_VALUES, (err, r) => {
+      let missed = false;
+      if (err !== null) {
+        this.countError(err);
+      } else if (!r!.isError) {
+        const values = r!.values!;
+        const v = values[0];
+        if (v !== undefined && values.length === 1 && v.key.equals(key)) {
+          this.stats.getHits++;
+          let out: Out;
+          if (req.cmd === 'gets' && this.encodeCas) {
+            const rewritten = this.rewriteValueCas(v, node);
+            out = Buffer.isBuffer(rewritten) ? [rewritten, R.END] : [...rewritten, R.END];
+          } else {
+            out = r!.raw.length > 0 ? r!.raw : [v.raw, R.END];
+          }
+          this.order.release(READ, hash);
+          return done(out);
+        }
+        missed = true;
+      }
+      const release = (out: Out): void => {
+        this.order.release(READ, hash);
+        done(out);
+      };
+      this.readRun(req, [hash], release, { route, attempt: 1, missed });
+    });
+  }
+
+  /**
+   * A read of every key in `req`. `from` continues a single-key read whose
+   * replica `attempt - 1` missed (`missed`) or failed.
+   */
+  private readRun(
+    req: Request,
+    hashes: number[],
+    done: Done,
+    from?: { route: number[]; attempt: number; missed: boolean },
+  ): void {
     const keys = req.keys;
     const n = keys.length;
     const withCas = req.cmd === 'gets' || req.cmd === 'gats';
     const touch = req.cmd === 'gat' || req.cmd === 'gats';
     const results: (Buffer | Buffer[] | null)[] = new Array<Buffer | Buffer[] | null>(n).fill(null);
-    const routes = keys.map((k) => this.trusted(k));
+    const routes = from === undefined ? keys.map((k) => this.trusted(k)) : [from.route];
     let outstanding = 0;
     let finished = false;
     // A key no replica could answer for: a miss would be a lie (a session store would log the
@@ -449,10 +512,16 @@ export class Router {
         });
       }
     };
-    fetch(
-      Array.from({ length: n }, (_, i) => i),
-      0,
-    );
+    if (from === undefined) {
+      fetch(
+        Array.from({ length: n }, (_, i) => i),
+        0,
+      );
+    } else if (from.missed) {
+      this.fallback(req, 0, hashes[0]!, from.route, from.attempt, results, withCas, false, track);
+    } else {
+      fetch([0], from.attempt);
+    }
     finish();
   }
 

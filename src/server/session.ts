@@ -173,7 +173,10 @@ export class ClientSession {
       if (this.head === null) this.tail = null;
       this.inflight--;
       const out = slot.out;
-      if (out !== null) {
+      if (out !== null && !corked && Buffer.isBuffer(out) && !slot.next?.ready) {
+        // One reply in one buffer (the usual case): a plain write, no cork and writev.
+        if (!sock.write(out)) this.draining = true;
+      } else if (out !== null) {
         if (!corked) {
           sock.cork();
           corked = true;

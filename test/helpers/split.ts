@@ -265,10 +265,23 @@ export interface PlainDesync {
 
 export type ReplyEvent = PlainReply | PlainDesync;
 
+/**
+ * A values reply's `raw` is there only when the reply arrived in one chunk,
+ * so it depends on the split: when present it must be exactly the reply's
+ * bytes (its VALUE blocks and end line), and it is then shown as '' like an
+ * absent one; anything else shows as `raw mismatch: ...` and fails the
+ * comparison.
+ */
+function valuesRaw(r: Reply): string {
+  if (r.raw.length === 0) return '';
+  const whole = r.values!.map((v) => latin1(v.raw)).join('') + `${r.text}\r\n`;
+  return latin1(r.raw) === whole ? '' : `raw mismatch: ${latin1(r.raw)}`;
+}
+
 export function plainReply(r: Reply): PlainReply {
   return {
     line: r.text,
-    raw: latin1(r.raw),
+    raw: r.values === null ? latin1(r.raw) : valuesRaw(r),
     values:
       r.values === null
         ? null

@@ -490,6 +490,33 @@ describe('ResponseParser: expectations queue and memory', () => {
     });
   });
 
+  it('a values reply that arrives in one chunk is kept whole as one view, else not at all', () => {
+    const wire = `STORED\r\n${block('a', 0, 'x1')}${block('b', 5, 'yy')}END\r\nEND\r\n${block('c', 1, 'z')}END\r\n`;
+    const input = bytes(wire);
+    const whole = [
+      `${block('a', 0, 'x1')}${block('b', 5, 'yy')}END\r\n`,
+      'END\r\n',
+      `${block('c', 1, 'z')}END\r\n`,
+    ];
+    const { parser, replies } = recordReplies([L, V, V, V]);
+    parser.push(input);
+    expect(replies.slice(1).map((r) => r.raw.toString('latin1'))).to.deep.equal(whole);
+    for (const r of replies) expect(r.raw.buffer).to.equal(input.buffer);
+    // Split at every byte: a reply cut by the split has no raw, one that is not keeps it.
+    for (let cut = 1; cut < input.length; cut++) {
+      const rec = recordReplies([L, V, V, V]);
+      rec.parser.push(input.subarray(0, cut));
+      rec.parser.push(input.subarray(cut));
+      let at = 8; // after STORED\r\n
+      whole.forEach((w, i) => {
+        const r = rec.replies[i + 1]!;
+        const inOne = cut <= at || cut >= at + w.length;
+        expect(r.raw.toString('latin1'), `cut ${cut}, reply ${i}`).to.equal(inOne ? w : '');
+        at += w.length;
+      });
+    }
+  });
+
   it('values and VA data are zero-copy views when fed whole', () => {
     const input = bytes(`STORED\r\n${block('key', 3, 'hello', '7')}END\r\nVA 2 f1\r\nhi\r\n`);
     const { parser, replies } = recordReplies([L, V, L]);

@@ -33,6 +33,8 @@ export interface ConnectionEvents {
   onConnect(conn: BackendConnection): void;
   /** The connection is gone, with the reason; in-flight requests have been failed. */
   onClose(conn: BackendConnection, err: BackendError): void;
+  /** One request finished (err null: answered), just before its callback runs. */
+  onResult(err: BackendError | null): void;
 }
 
 /** All live connections, swept for timeouts by one shared timer. */
@@ -161,6 +163,7 @@ export class BackendConnection {
     this.events.onClose(this, err);
     while (this.count > 0) {
       const cb = this.shift();
+      this.events.onResult(err);
       cb(err, null);
     }
   }
@@ -174,6 +177,7 @@ export class BackendConnection {
 
   private onReply(reply: Reply): void {
     const cb = this.shift();
+    this.events.onResult(null);
     cb(null, reply);
   }
 

@@ -152,12 +152,7 @@ export class BackendNode {
       return;
     }
     this.requests++;
-    const conn = this.connection(lane % this.conns.length);
-    conn.send(data, expect, (err, reply) => {
-      if (err !== null) this.onFailure(err);
-      else this.failures = 0;
-      cb(err, reply);
-    });
+    this.connection(lane % this.conns.length).send(data, expect, cb);
   }
 
   /** Open the first connection (which learns the node's identity). */
@@ -216,6 +211,11 @@ export class BackendNode {
       },
       {
         onConnect: () => {},
+        // Every request on the node's connections (the first `stats` too) counts for its health.
+        onResult: (err) => {
+          if (err !== null) this.onFailure(err);
+          else this.failures = 0;
+        },
         onClose: (conn, err) => {
           const i = this.conns.indexOf(conn);
           if (i >= 0) this.conns[i] = null;

@@ -525,12 +525,23 @@ export class Router {
     finish();
   }
 
-  /** `get k1 k2 ...` (or gets/gat/gats) for a subset of the client's keys. */
-  private readLine(req: Request, group: number[]): Buffer[] {
-    const out: Buffer[] = [Buffer.from(req.cmd, 'latin1')];
-    if (req.cmd === 'gat' || req.cmd === 'gats') out.push(Buffer.from(` ${req.exptime}`, 'latin1'));
-    for (const i of group) out.push(SP, req.keys[i]!);
-    out.push(CRLF);
+  /**
+   * `get k1 k2 ...` (or gets/gat/gats) for a subset of the client's keys, as
+   * one buffer: copying a few short keys costs less than a write per key.
+   */
+  private readLine(req: Request, group: number[]): Buffer {
+    const touch = req.cmd === 'gat' || req.cmd === 'gats';
+    const head = touch ? `${req.cmd} ${req.exptime}` : req.cmd;
+    let size = head.length + 2;
+    for (const i of group) size += 1 + req.keys[i]!.length;
+    const out = Buffer.allocUnsafe(size);
+    let at = out.write(head, 0, 'latin1');
+    for (const i of group) {
+      out[at++] = 0x20;
+      at += req.keys[i]!.copy(out, at);
+    }
+    out[at++] = 0x0d;
+    out[at] = 0x0a;
     return out;
   }
 

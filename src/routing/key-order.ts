@@ -116,6 +116,11 @@ export class KeyOrder {
     if (e === undefined) return;
     if (kind === READ) e.reads--;
     else if (kind === EXCLUSIVE) e.exclusive--;
+    if (e.queue.length === 0 && e.starting === 0) {
+      // Nobody waits (the usual case): what pump would do, without its list.
+      if (e.reads === 0 && e.exclusive === 0) this.keys.delete(hash);
+      return;
+    }
     const ready: Ticket[] = [];
     this.pump(hash, ready);
     this.runReady(ready);

@@ -29,6 +29,9 @@ export class Ring {
   private readonly nodeCount: number;
   /** Replica order starting at each point, filled in on first use. */
   private readonly orders: (Uint16Array | undefined)[];
+  /** The first `setSize` entries of each point's order (see replicas). */
+  private readonly sets: (Uint16Array | undefined)[];
+  private setSize = 0;
 
   constructor(nodes: readonly RingNode[]) {
     if (nodes.length === 0) throw new Error('ring needs at least one node');
@@ -64,6 +67,7 @@ export class Ring {
     });
     this.nodeCount = nodes.length;
     this.orders = new Array<Uint16Array | undefined>(continuum.length).fill(undefined);
+    this.sets = new Array<Uint16Array | undefined>(continuum.length).fill(undefined);
   }
 
   /** ketama hash of raw key bytes: the first 4 bytes of md5, little-endian. */
@@ -106,6 +110,24 @@ export class Ring {
     }
     this.orders[start] = out;
     return out;
+  }
+
+  /**
+   * The key's first `r` nodes in ring order: its replica set, primary first.
+   * Shared like `order()`: read it, never change it.
+   */
+  replicas(key: Uint8Array, r: number): Uint16Array {
+    if (r !== this.setSize) {
+      this.sets.fill(undefined);
+      this.setSize = r;
+    }
+    const start = this.find(md5Word(key));
+    let set = this.sets[start];
+    if (set === undefined) {
+      set = (this.orders[start] ?? this.orderAt(start)).subarray(0, r);
+      this.sets[start] = set;
+    }
+    return set;
   }
 
   /** The primary node of a key. */

@@ -57,6 +57,8 @@ import type { Recovery } from './recovery.js';
 import type { Ring } from './ring.js';
 
 export type Out = Buffer | Buffer[] | null;
+/** Nodes to use for a key, in order; may be shared with the ring: never changed. */
+type Route = Uint16Array;
 export type Done = (out: Out) => void;
 
 export interface RouterOptions {
@@ -122,22 +124,23 @@ export class Router {
     this.encodeCas = options.replicas > 1;
   }
 
-  /** Healthy replicas of a key, primary first. */
-  private healthy(key: Buffer): number[] {
-    const order = this.ring.order(key);
-    const out: number[] = [];
-    for (let i = 0; i < this.options.replicas; i++) {
-      const n = order[i]!;
-      if (this.nodes[n]!.isUp) out.push(n);
+  /**
+   * Healthy replicas of a key, primary first. When all are up (almost always)
+   * this is the ring's shared replica set, so a lookup allocates nothing.
+   */
+  private healthy(key: Buffer): Route {
+    const set = this.ring.replicas(key, this.options.replicas);
+    for (let i = 0; i < set.length; i++) {
+      if (!this.nodes[set[i]!]!.isUp) return set.filter((n) => this.nodes[n]!.isUp);
     }
-    return out;
+    return set;
   }
 
   /**
    * Healthy replicas whose copy of the key can be trusted: without those a
    * rejoin fenced for it (see Recovery). Reads and authorities use these.
    */
-  private trusted(key: Buffer): number[] {
+  private trusted(key: Buffer): Route {
     const route = this.healthy(key);
     const rec = this.recovery;
     // Hot path: nothing is fenced almost always, and then no second array is needed.
@@ -389,7 +392,7 @@ export class Router {
     req: Request,
     hashes: number[],
     done: Done,
-    from?: { route: number[]; attempt: number; missed: boolean },
+    from?: { route: Route; attempt: number; missed: boolean },
   ): void {
     const keys = req.keys;
     const n = keys.length;
@@ -560,7 +563,7 @@ export class Router {
     req: Request,
     i: number,
     hash: number,
-    route: number[],
+    route: Route,
     attempt: number,
     results: (Buffer | Buffer[] | null)[],
     withCas: boolean,
@@ -713,7 +716,7 @@ export class Router {
   private decide(
     req: Request,
     hash: number,
-    route: number[],
+    route: Route,
     attempt: number,
     build: (authority: number) => Buffer | Buffer[],
     success: Success,
@@ -767,7 +770,7 @@ export class Router {
     hash: number,
     key: Buffer,
     authority: number,
-    targets: number[],
+    targets: Route,
     deleted: boolean,
     cb: () => void,
   ): void {

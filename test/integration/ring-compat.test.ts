@@ -199,4 +199,16 @@ describe('ring: awkward keys and determinism', function () {
     // ketama with equal weights: every node owns a fair share.
     for (const c of counts) expect(c).to.be.within(2000, 4700);
   });
+
+  it('replicas(key, r) is the first r nodes of order(key), for any r', function () {
+    const ring = new Ring(labels);
+    for (let i = 0; i < 2000; i++) {
+      const k = randomBytes(1 + (i % 40));
+      const r = 1 + (i % 4); // 4 > node count: all of them
+      const want = Array.from(ring.order(k)).slice(0, r);
+      expect(Array.from(ring.replicas(k, r)), `${k.toString('hex')} r=${r}`).to.deep.equal(want);
+      // Asked again with the same r: the same (shared) answer.
+      expect(Array.from(ring.replicas(k, r))).to.deep.equal(want);
+    }
+  });
 });

@@ -21,8 +21,10 @@
  * must wait is queued per key; a multi-key read takes its keys one by one in
  * queue order, which cannot deadlock because every queue is in arrival order.
  *
- * Keys are identified by a 32-bit hash: two keys that collide only wait for
- * each other, which is slower but never wrong.
+ * Keys are identified by the low 16 bits of their 32-bit hash (a stripe):
+ * two keys in one stripe only wait for each other as if they were one key,
+ * which is slower but never wrong. A fixed table of stripes, each entry made
+ * once and kept, costs no map lookup and no allocation per command.
  */
 
 export const READ = 0;
@@ -55,12 +57,27 @@ class Entry {
   queue: Ticket[] = [];
 }
 
-export class KeyOrder {
-  private readonly keys = new Map<number, Entry>();
+const STRIPES = 1 << 16;
+const MASK = STRIPES - 1;
 
-  /** Keys currently held or waited for (for stats and tests). */
+function idle(e: Entry): boolean {
+  return e.reads === 0 && e.exclusive === 0 && e.starting === 0 && e.queue.length === 0;
+}
+
+export class KeyOrder {
+  private readonly table = new Array<Entry | undefined>(STRIPES).fill(undefined);
+
+  /** Stripes currently held or waited for (for stats and tests; a scan, not for hot paths). */
   get size(): number {
-    return this.keys.size;
+    let n = 0;
+    for (const e of this.table) if (e !== undefined && !idle(e)) n++;
+    return n;
+  }
+
+  private entry(hash: number): Entry {
+    let e = this.table[hash & MASK];
+    if (e === undefined) this.table[hash & MASK] = e = new Entry();
+    return e;
   }
 
   /**
@@ -68,13 +85,12 @@ export class KeyOrder {
    * Returns false when it must wait; the caller then uses `wait`.
    */
   tryAcquire(kind: Kind, hash: number): boolean {
-    const e = this.keys.get(hash);
-    if (e === undefined) {
+    const e = this.table[hash & MASK];
+    if (e === undefined || idle(e)) {
       if (kind === WRITE) return true;
-      const n = new Entry();
+      const n = e ?? this.entry(hash);
       if (kind === READ) n.reads = 1;
       else n.exclusive = 1;
-      this.keys.set(hash, n);
       return true;
     }
     if (e.queue.length > 0 || e.starting > 0 || !admits(e, kind)) return false;
@@ -86,7 +102,7 @@ export class KeyOrder {
   /** Acquire every hash for a read, all or none. */
   tryAcquireReads(hashes: readonly number[]): boolean {
     for (const h of hashes) {
-      const e = this.keys.get(h);
+      const e = this.table[h & MASK];
       if (e !== undefined && (e.queue.length > 0 || e.starting > 0 || e.exclusive > 0)) {
         return false;
       }
@@ -99,11 +115,7 @@ export class KeyOrder {
   wait(ticket: Ticket, hashes: readonly number[]): void {
     ticket.pending = hashes.length;
     if (ticket.kind === WRITE) ticket.hash = hashes[0]!;
-    for (const h of hashes) {
-      let e = this.keys.get(h);
-      if (e === undefined) this.keys.set(h, (e = new Entry()));
-      e.queue.push(ticket);
-    }
+    for (const h of hashes) this.entry(h).queue.push(ticket);
     // Keys with no one ahead can be taken at once.
     const ready: Ticket[] = [];
     for (const h of hashes) this.pump(h, ready);
@@ -112,15 +124,12 @@ export class KeyOrder {
 
   /** Release a key held by a command of `kind` (READ or EXCLUSIVE). */
   release(kind: Kind, hash: number): void {
-    const e = this.keys.get(hash);
+    const e = this.table[hash & MASK];
     if (e === undefined) return;
     if (kind === READ) e.reads--;
     else if (kind === EXCLUSIVE) e.exclusive--;
-    if (e.queue.length === 0 && e.starting === 0) {
-      // Nobody waits (the usual case): what pump would do, without its list.
-      if (e.reads === 0 && e.exclusive === 0) this.keys.delete(hash);
-      return;
-    }
+    // Nobody waits (the usual case): nothing to admit.
+    if (e.queue.length === 0 && e.starting === 0) return;
     const ready: Ticket[] = [];
     this.pump(hash, ready);
     this.runReady(ready);
@@ -136,7 +145,7 @@ export class KeyOrder {
     const again: Ticket[] = [];
     for (const t of ready) {
       if (t.kind !== WRITE) continue;
-      const e = this.keys.get(t.hash);
+      const e = this.table[t.hash & MASK];
       if (e === undefined) continue;
       e.starting--;
       this.pump(t.hash, again);
@@ -146,7 +155,7 @@ export class KeyOrder {
 
   /** Admit queued commands at the head of `hash`'s queue; collect those now holding every key. */
   private pump(hash: number, ready: Ticket[]): void {
-    const e = this.keys.get(hash);
+    const e = this.table[hash & MASK];
     // Admitted writes not yet run go first; runReady pumps again after them.
     if (e === undefined || e.starting > 0) return;
     while (e.queue.length > 0) {
@@ -157,9 +166,6 @@ export class KeyOrder {
       else if (t.kind === EXCLUSIVE) e.exclusive++;
       else e.starting++;
       if (--t.pending === 0) ready.push(t);
-    }
-    if (e.reads === 0 && e.exclusive === 0 && e.starting === 0 && e.queue.length === 0) {
-      this.keys.delete(hash);
     }
   }
 }

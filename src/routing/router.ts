@@ -462,19 +462,24 @@ export class Router {
 
     // Ask the replica at `attempt` of each key in `indices`, one request per (node, lane).
     const fetch = (indices: number[], attempt: number): void => {
-      const groups = new Map<number, number[]>();
+      // Few groups (at most nodes x lanes): a linear scan beats a Map here.
+      const ids: number[] = [];
+      const groups: number[][] = [];
       for (const i of indices) {
         const node = routes[i]![attempt];
         if (node === undefined) {
           unavailable = true; // every replica failed or is down
           continue;
         }
-        const g0 = node * 65536 + this.nodes[node]!.laneOf(hashes[i]!);
-        let g = groups.get(g0);
-        if (g === undefined) groups.set(g0, (g = []));
-        g.push(i);
+        const id = node * 65536 + this.nodes[node]!.laneOf(hashes[i]!);
+        const at = ids.indexOf(id);
+        if (at >= 0) groups[at]!.push(i);
+        else {
+          ids.push(id);
+          groups.push([i]);
+        }
       }
-      for (const group of groups.values()) {
+      for (const group of groups) {
         const node = routes[group[0]!]![attempt]!;
         outstanding++;
         const data =

@@ -44,6 +44,42 @@ function submit(
   return now;
 }
 
+describe('KeyOrder: stripes', () => {
+  it('keys whose hashes share the low 16 bits wait for each other as one key', () => {
+    const o = new KeyOrder();
+    const x = 0x00010042;
+    const y = 0xabcd0042; // same stripe as x
+    const z = 0x00010043; // another stripe
+    const log: string[] = [];
+    expect(submit(o, log, 'r-x', READ, [x])).to.equal(true);
+    expect(submit(o, log, 'e-y', EXCLUSIVE, [y])).to.equal(false);
+    expect(submit(o, log, 'e-z', EXCLUSIVE, [z])).to.equal(true);
+    expect(log).to.deep.equal(['r-x', 'e-z']);
+    o.release(READ, x);
+    expect(log).to.deep.equal(['r-x', 'e-z', 'e-y']);
+    o.release(EXCLUSIVE, y);
+    o.release(EXCLUSIVE, z);
+    expect(o.size).to.equal(0);
+  });
+
+  it('a multi-key read with two keys in one stripe holds it twice and releases it twice', () => {
+    const o = new KeyOrder();
+    const x = 0x00010042;
+    const y = 0xabcd0042;
+    const log: string[] = [];
+    expect(submit(o, log, 'e', EXCLUSIVE, [x])).to.equal(true);
+    expect(submit(o, log, 'r-xy', READ, [x, y])).to.equal(false);
+    o.release(EXCLUSIVE, x);
+    expect(log).to.deep.equal(['e', 'r-xy']);
+    expect(submit(o, log, 'w', WRITE, [y])).to.equal(false);
+    o.release(READ, x);
+    expect(log).to.deep.equal(['e', 'r-xy']);
+    o.release(READ, y);
+    expect(log).to.deep.equal(['e', 'r-xy', 'w']);
+    expect(o.size).to.equal(0);
+  });
+});
+
 describe('KeyOrder: single key', () => {
   it('lets reads on the same key run together', () => {
     const o = new KeyOrder();

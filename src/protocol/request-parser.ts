@@ -426,6 +426,7 @@ export class RequestParser {
 
   private emitArgs(line: Buffer, cmd: Command, from: number): void {
     const req = this.newRequest(cmd, line);
+    req.args = [];
     for (let i = from; i < this.count; i++) req.args.push(this.tok(line, i));
     this.sink.onRequest(req);
   }
@@ -802,6 +803,7 @@ export class RequestParser {
     const wire = this.tok(line, 1);
     req.wireKeys = [wire];
     req.keys = [wire];
+    req.args = [];
     for (let i = 2; i < this.count; i++) req.args.push(this.tok(line, i));
     if (nt >= 4 && this.tokIs(line, 2, 'b')) {
       const key = decodeKey(wire);
@@ -829,6 +831,7 @@ export class RequestParser {
     const wire = this.tok(line, 1);
     req.wireKeys = [wire];
     req.keys = [wire];
+    req.args = [];
     let error: string | undefined;
     const last = Math.min(this.count, MAX_TOKENS - 1);
     for (let i = from; i < last; i++) {

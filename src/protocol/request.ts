@@ -36,6 +36,8 @@ export type Command =
   | 'admin';
 
 export const EMPTY = Buffer.alloc(0);
+/** `args` of a command without any (never pushed to: see the parser). */
+const NO_ARGS: Buffer[] = [];
 
 export class Request {
   cmd: Command;
@@ -77,14 +79,16 @@ export class Request {
     this.lineLength = lineLength;
     this.contentEnd = lineLength;
     this.keys = [];
-    this.wireKeys = [];
+    // The same array: they differ only for meta commands with `b`, whose parser sets both.
+    this.wireKeys = this.keys;
     this.noreply = false;
     this.flags = 0;
     this.exptime = 0;
     this.bytes = 0;
     this.cas = 0n;
     this.delta = 0n;
-    this.args = [];
+    // Shared until a command has arguments: the parser gives those their own array.
+    this.args = NO_ARGS;
     this.upper = 0;
     this.lower = 0;
     this.mode = 0;

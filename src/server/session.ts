@@ -4,8 +4,9 @@
  * Contract: every command gets a slot in arrival order; replies are written
  * only from the head of the slot queue, so a client sees replies in request
  * order however the backends interleave (mcrouter's McServerSession and
- * twemproxy's rsp_send_next work the same way). A noreply command keeps its
- * slot but writes nothing. Reading from the client pauses while it has
+ * twemproxy's rsp_send_next work the same way). The head is written in the
+ * event loop's check phase, so the replies that became ready in one turn go
+ * out in one write. A noreply command keeps its slot but writes nothing. Reading from the client pauses while it has
  * `maxInflight` commands unanswered or while its socket must drain, and
  * resumes when neither holds, so a client that pipelines without reading
  * cannot make msproxy buffer without bound.
@@ -53,6 +54,8 @@ export class ClientSession {
   private resumeScheduled = false;
   private closed = false;
   private closing = false;
+  /** In toFlush, waiting for the check phase. */
+  private flushQueued = false;
   /** Commands dispatched to the router and not yet answered. */
   private running = 0;
   /** A flush_all is running. */
@@ -163,7 +166,22 @@ export class ClientSession {
   private fill(slot: Slot, out: Out): void {
     slot.out = out;
     slot.ready = true;
-    if (slot === this.head) this.flush();
+    if (slot === this.head && !this.flushQueued) {
+      // Written in the check phase, with every reply that becomes ready in this poll phase
+      // (a pipeline's answers come back from several nodes): one write instead of several.
+      this.flushQueued = true;
+      toFlush.push(this);
+      if (!flushScheduled) {
+        flushScheduled = true;
+        setImmediate(flushSessions);
+      }
+    }
+  }
+
+  /** Called once per queued turn by flushSessions. */
+  flushQueuedReplies(): void {
+    this.flushQueued = false;
+    this.flush();
   }
 
   /**
@@ -256,4 +274,15 @@ export class ClientSession {
     this.head = this.tail = null;
     this.socket.destroy();
   }
+}
+
+/** Sessions with replies ready this turn, written together in the check phase. */
+let toFlush: ClientSession[] = [];
+let flushScheduled = false;
+
+function flushSessions(): void {
+  flushScheduled = false;
+  const list = toFlush;
+  toFlush = [];
+  for (const s of list) s.flushQueuedReplies();
 }

@@ -426,7 +426,7 @@ export class Recovery {
     const keys: Buffer[] = [];
     let listed = 0;
     // A node that is down may hold the only other copy of some of this node's keys: the run
-    // cannot be complete, and is retried (when a node comes up, and on a timer).
+    // cannot be complete; it runs again when a node comes back.
     let incomplete = sources.length < this.nodes.length - 1;
     const listedAll = (): void => {
       if (++listed < sources.length) return;
@@ -475,7 +475,9 @@ export class Recovery {
       const fields = { node: target.label, copied: s.resyncCopied, failed: s.resyncFailed };
       this.log.info({ ...fields, state, keys: keys.length }, 'resync finished');
       if (state === 'done') s.resyncRetryMs = RESYNC_RETRY_MS;
-      else this.retryResync(node, run);
+      // A listing or a copy failed: try again later. A run that failed only because a node
+      // was down runs again when a node comes back (rejoin), not on a timer.
+      else if (s.resyncFailed > 0) this.retryResync(node, run);
     };
     const pump = (): void => {
       if (this.closed || s.resyncRun !== run || s.resync !== 'running') return;

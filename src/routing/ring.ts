@@ -8,8 +8,8 @@
  * sent, and no lookup touches hashring's object-keyed cache. A lookup is an
  * md5 of the key (md5.ts, no allocation) and a binary search; the replica
  * order is computed once per continuum point, so there is no per-key cache
- * to size or thrash. The ring never
- * changes when a node goes down: callers skip down nodes in the replica list.
+ * to size or thrash. The ring never changes when a node goes down: callers
+ * skip down nodes in the replica list.
  */
 
 import HashRing from 'hashring';

@@ -6,10 +6,11 @@
  * order however the backends interleave (mcrouter's McServerSession and
  * twemproxy's rsp_send_next work the same way). The head is written in the
  * event loop's check phase, so the replies that became ready in one turn go
- * out in one write. A noreply command keeps its slot but writes nothing. Reading from the client pauses while it has
- * `maxInflight` commands unanswered or while its socket must drain, and
- * resumes when neither holds, so a client that pipelines without reading
- * cannot make msproxy buffer without bound.
+ * out in one write. A noreply command keeps its slot but writes nothing.
+ * Reading from the client pauses while it has `maxInflight` commands
+ * unanswered or while its socket must drain, and resumes when neither holds,
+ * so a client that pipelines without reading cannot make msproxy buffer
+ * without bound.
  */
 
 import type net from 'node:net';

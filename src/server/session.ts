@@ -27,6 +27,12 @@ export interface SessionOptions {
 
 /** Ready replies up to this many bytes (Buffer's pool size) are copied into one buffer (see flush). */
 const GATHER_MAX = 4096;
+/**
+ * Replies queued in msproxy for a client that does not read, beyond which
+ * reading from it pauses (above the socket's 16 KiB high-water mark, so a
+ * 'drain' always follows).
+ */
+const PAUSE_AT = 64 * 1024;
 /** flush()'s list of pieces to write; always emptied before flush returns. */
 const gather: Buffer[] = [];
 
@@ -223,19 +229,23 @@ export class ClientSession {
     if (parts.length === 1) {
       const one = parts[0]!;
       parts.length = 0;
-      if (!sock.write(one)) this.draining = true;
+      sock.write(one);
     } else if (parts.length > 1 && size <= GATHER_MAX) {
       const buf = Buffer.allocUnsafe(size);
       let at = 0;
       for (const b of parts) at += b.copy(buf, at);
       parts.length = 0;
-      if (!sock.write(buf)) this.draining = true;
+      sock.write(buf);
     } else if (parts.length > 1) {
       const list = parts.splice(0);
       sock.cork();
-      for (const b of list) if (!sock.write(b)) this.draining = true;
+      for (const b of list) sock.write(b);
       sock.uncork();
     }
+    // write() says false for any write over the stream's 16 KiB mark, even one the kernel took
+    // at once; pausing on that would stop and restart reading for every large reply. What
+    // counts is what is still queued here. Past PAUSE_AT a 'drain' is sure to follow.
+    if (sock.writableLength > PAUSE_AT) this.draining = true;
     if (close || (this.closing && this.head === null && !this.parser.holding)) {
       this.closed = true;
       this.head = this.tail = null;

@@ -67,15 +67,18 @@ export const configSchema = z
       .default({ connectMs: 1000, requestMs: 250 }),
     backend: z
       .strictObject({
-        /** Persistent connections per node, shared by all clients. */
-        connections: z.number().int().min(1).max(64).default(2),
+        /**
+         * Persistent connections per node, shared by all clients. One batches the most
+         * requests per write; more spread one node's load over its memcached threads.
+         */
+        connections: z.number().int().min(1).max(64).default(1),
         /** Consecutive failures that mark a node down. */
         failureThreshold: z.number().int().min(1).default(2),
         /** First probe delay of a down node; doubles up to probeMaxMs, with jitter. */
         probeMs: duration.default(100),
         probeMaxMs: duration.default(500),
       })
-      .default({ connections: 2, failureThreshold: 2, probeMs: 100, probeMaxMs: 500 }),
+      .default({ connections: 1, failureThreshold: 2, probeMs: 100, probeMaxMs: 500 }),
     recovery: z
       .strictObject({
         /** Keys a down node's outage log holds; past it the node is flushed on rejoin. */

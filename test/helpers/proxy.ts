@@ -80,7 +80,8 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
         nodes: nodes.map((n) => ({ host: '127.0.0.1', port: n.port })),
         replicas,
         timeouts: { requestMs: 250, connectMs: 500 },
-        backend: { probeMs: 50, probeMaxMs: 200 },
+        // Two lanes per node (the default is one): the tests cover keys split across lanes.
+        backend: { connections: 2, probeMs: 50, probeMaxMs: 200 },
         log: { level: 'silent' },
       },
       overrides,

@@ -47,6 +47,8 @@ export interface NodeEvents {
 
 /** Who a memcached process is, from its `stats`. */
 export interface Identity {
+  /** memcached's version string ("1.6.18"), or "" when not reported. */
+  version: string;
   pid: number;
   /** Server time minus uptime, in seconds. */
   boot: number;
@@ -64,15 +66,25 @@ export function identityOf(reply: Reply | null): Identity | null {
   let uptime = -1;
   let time = -1;
   let total = -1;
+  let version = '';
   for (const l of reply.lines) {
     const t = l.toString('latin1').split(' ');
     if (t[1] === 'pid') pid = Number(t[2]);
+    else if (t[1] === 'version') version = t[2] ?? '';
     else if (t[1] === 'uptime') uptime = Number(t[2]);
     else if (t[1] === 'time') time = Number(t[2]);
     else if (t[1] === 'total_connections') total = Number(t[2]);
   }
   if (pid < 0 || uptime < 0 || time < 0) return null;
-  return { pid, boot: time - uptime, totalConnections: total };
+  return { version, pid, boot: time - uptime, totalConnections: total };
+}
+
+/** Whether a memcached version string is 1.6 or later (meta commands, as msproxy needs). */
+export function hasMetaCommands(version: string): boolean {
+  const m = /^(\d+)\.(\d+)/.exec(version);
+  if (m === null) return true; // not reported: assume a current server
+  const major = Number(m[1]);
+  return major > 1 || (major === 1 && Number(m[2]) >= 6);
 }
 
 /** Whether `now` is a different (restarted) process than `before`. */
@@ -191,6 +203,12 @@ export class BackendNode {
       if (id === null) return;
       const before = this.identity;
       this.identity = id;
+      if (!hasMetaCommands(id.version) && before?.version !== id.version) {
+        this.log.error(
+          { node: this.label, address: this.address, version: id.version },
+          'memcached older than 1.6: replication and re-sync need its meta commands',
+        );
+      }
       if (before !== null && restartedSince(before, id) && this.up) {
         this.log.warn({ node: this.label, address: this.address, pid: id.pid }, 'node restarted');
         this.events.onRestart(this);

@@ -469,3 +469,38 @@ export async function keysOn(
 }
 
 export { EXPECT_LINE, EXPECT_LINES, EXPECT_QUIET, EXPECT_VALUES, sleep };
+
+/**
+ * A cluster behind the proxy and a lone memcached, with one client on each:
+ * `both(script)` sends the same bytes to the lone memcached and to the proxy
+ * and returns their answers, in that order.
+ */
+export interface SideBySide {
+  c: Cluster;
+  lone: Memcached;
+  /** Client of the proxy. */
+  p: MemcacheClient;
+  /** Client of the lone memcached. */
+  d: MemcacheClient;
+  both(script: string): Promise<[string, string]>;
+  stop(): Promise<void>;
+}
+
+export async function startSideBySide(options: ClusterOptions = {}): Promise<SideBySide> {
+  const [c, lone] = await Promise.all([startCluster(options), Memcached.start()]);
+  const [p, d] = await Promise.all([MemcacheClient.connect(c.port), direct(lone)]);
+  return {
+    c,
+    lone,
+    p,
+    d,
+    async both(script) {
+      return [await d.script(script), await p.script(script)];
+    },
+    async stop() {
+      p.close();
+      d.close();
+      await Promise.all([c.stop(), lone.kill()]);
+    },
+  };
+}

@@ -17,9 +17,10 @@ import {
   EXPECT_LINE,
   EXPECT_VALUES,
   MemcacheClient,
-  direct,
   keysOn,
+  type SideBySide,
   startCluster,
+  startSideBySide,
 } from '../helpers/proxy.js';
 
 // ------------------------------------------------------------------ helpers
@@ -484,29 +485,23 @@ describe('limits: a command that stalls half-sent', function () {
 
 describe('limits: oversized keys, values and lines answer as memcached does', function () {
   const MAX_MULTIGET = 4096;
+  let x: SideBySide;
   let c: Cluster;
   let lone: Memcached;
   let p: MemcacheClient;
   let d: MemcacheClient;
 
   before(async function () {
-    [c, lone] = await Promise.all([
-      startCluster({ limits: { maxMultigetLine: MAX_MULTIGET } }),
-      Memcached.start(),
-    ]);
-    [p, d] = await Promise.all([MemcacheClient.connect(c.port), direct(lone)]);
+    x = await startSideBySide({ limits: { maxMultigetLine: MAX_MULTIGET } });
+    ({ c, lone, p, d } = x);
   });
 
   after(async function () {
-    p?.close();
-    d?.close();
-    await Promise.all([c?.stop(), lone?.kill()]);
+    await x?.stop();
   });
 
   /** Run the same bytes against the lone memcached and the proxy. */
-  async function both(script: string): Promise<[string, string]> {
-    return [await d.script(script), await p.script(script)];
-  }
+  const both = (script: string): Promise<[string, string]> => x.both(script);
 
   it('a 251-byte key is refused by every command, a 250-byte one works', async function () {
     const k251 = 'L'.repeat(251);

@@ -19,7 +19,9 @@ import {
   keysOn,
   peek,
   replyText,
+  type SideBySide,
   startCluster,
+  startSideBySide,
 } from '../helpers/proxy.js';
 
 const CAS_SHIFT = 56n;
@@ -76,26 +78,22 @@ async function until(what: string, ms: number, check: () => Promise<boolean>): P
 // --------------------------------------------------------------------------
 
 describe('proxy: classic commands answer as memcached does', function () {
+  let x: SideBySide;
   let c: Cluster;
-  let lone: Memcached;
   let p: MemcacheClient;
   let d: MemcacheClient;
 
   before(async function () {
-    [c, lone] = await Promise.all([startCluster(), Memcached.start()]);
-    [p, d] = await Promise.all([MemcacheClient.connect(c.port), direct(lone)]);
+    x = await startSideBySide();
+    ({ c, p, d } = x);
   });
 
   after(async function () {
-    p?.close();
-    d?.close();
-    await Promise.all([c?.stop(), lone?.kill()]);
+    await x?.stop();
   });
 
   /** Run the same bytes against the lone memcached and the proxy. */
-  async function both(script: string): Promise<[string, string]> {
-    return [await d.script(script), await p.script(script)];
-  }
+  const both = (script: string): Promise<[string, string]> => x.both(script);
 
   it('set, add, replace, append, prepend and get', async function () {
     const [a, b] = await both(
@@ -263,25 +261,22 @@ describe('proxy: classic commands answer as memcached does', function () {
 // --------------------------------------------------------------------------
 
 describe('proxy: meta commands', function () {
+  let x: SideBySide;
   let c: Cluster;
-  let lone: Memcached;
   let p: MemcacheClient;
   let d: MemcacheClient;
 
   before(async function () {
-    [c, lone] = await Promise.all([startCluster(), Memcached.start()]);
-    [p, d] = await Promise.all([MemcacheClient.connect(c.port), direct(lone)]);
+    x = await startSideBySide();
+    ({ c, p, d } = x);
   });
 
   after(async function () {
-    p?.close();
-    d?.close();
-    await Promise.all([c?.stop(), lone?.kill()]);
+    await x?.stop();
   });
 
-  async function both(script: string): Promise<[string, string]> {
-    return [await d.script(script), await p.script(script)];
-  }
+  /** Run the same bytes against the lone memcached and the proxy. */
+  const both = (script: string): Promise<[string, string]> => x.both(script);
 
   it('mg, ms, md, ma, mn with v f t k O answer as memcached does', async function () {
     const [a, b] = await both(

@@ -17,6 +17,7 @@
 import net from 'node:net';
 import { BackendError } from '../errors.js';
 import { type Expectation, type Reply, ResponseParser } from '../protocol/response-parser.js';
+import { TurnQueue } from '../turn-queue.js';
 
 export type ReplyCallback = (err: BackendError | null, reply: Reply | null) => void;
 
@@ -36,6 +37,9 @@ export interface ConnectionEvents {
   /** One request finished (err null: answered), just before its callback runs. */
   onResult(err: BackendError | null): void;
 }
+
+/** Connections corked this turn, flushed together in the check phase. */
+const corkedThisTurn = new TurnQueue<BackendConnection>((c) => c.flush());
 
 /** All live connections, swept for timeouts by one shared timer. */
 const live = new Set<BackendConnection>();
@@ -125,11 +129,7 @@ export class BackendConnection {
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
-      corkedConns.push(this);
-      if (!flushScheduled) {
-        flushScheduled = true;
-        setImmediate(flushCorked);
-      }
+      corkedThisTurn.add(this);
     }
     if (Buffer.isBuffer(data)) {
       this.socket.write(data);
@@ -207,15 +207,4 @@ export class BackendConnection {
     this.count--;
     return cb;
   }
-}
-
-/** Connections corked this turn, flushed together in the check phase. */
-let corkedConns: BackendConnection[] = [];
-let flushScheduled = false;
-
-function flushCorked(): void {
-  flushScheduled = false;
-  const list = corkedConns;
-  corkedConns = [];
-  for (const c of list) c.flush();
 }

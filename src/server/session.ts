@@ -18,6 +18,7 @@ import { type Out, type Router, unlinkRequest } from '../routing/router.js';
 import { RequestParser } from '../protocol/request-parser.js';
 import type { ProtocolError, Request } from '../protocol/request.js';
 import type { Stats } from '../stats.js';
+import { TurnQueue } from '../turn-queue.js';
 
 export interface SessionOptions {
   maxInflight: number;
@@ -35,6 +36,9 @@ const GATHER_MAX = 4096;
 const PAUSE_AT = 64 * 1024;
 /** flush()'s list of pieces to write; always emptied before flush returns. */
 const gather: Buffer[] = [];
+
+/** Sessions with replies ready this turn, written together in the check phase. */
+const readyThisTurn = new TurnQueue<ClientSession>((s) => s.flushQueuedReplies());
 
 class Slot {
   out: Out = null;
@@ -61,7 +65,7 @@ export class ClientSession {
   private resumeScheduled = false;
   private closed = false;
   private closing = false;
-  /** In toFlush, waiting for the check phase. */
+  /** In readyThisTurn, waiting for the check phase. */
   private flushQueued = false;
   /** Commands dispatched to the router and not yet answered. */
   private running = 0;
@@ -177,15 +181,11 @@ export class ClientSession {
       // Written in the check phase, with every reply that becomes ready in this poll phase
       // (a pipeline's answers come back from several nodes): one write instead of several.
       this.flushQueued = true;
-      toFlush.push(this);
-      if (!flushScheduled) {
-        flushScheduled = true;
-        setImmediate(flushSessions);
-      }
+      readyThisTurn.add(this);
     }
   }
 
-  /** Called once per queued turn by flushSessions. */
+  /** Called once per queued turn by readyThisTurn. */
   flushQueuedReplies(): void {
     this.flushQueued = false;
     this.flush();
@@ -285,15 +285,4 @@ export class ClientSession {
     this.head = this.tail = null;
     this.socket.destroy();
   }
-}
-
-/** Sessions with replies ready this turn, written together in the check phase. */
-let toFlush: ClientSession[] = [];
-let flushScheduled = false;
-
-function flushSessions(): void {
-  flushScheduled = false;
-  const list = toFlush;
-  toFlush = [];
-  for (const s of list) s.flushQueuedReplies();
 }

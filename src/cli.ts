@@ -1,12 +1,16 @@
 /**
  * `msproxy --config <file>`: validate the config, start the proxy, and stop
- * cleanly on SIGINT/SIGTERM. `--check` validates and exits.
+ * cleanly on SIGINT/SIGTERM. `--check` validates and exits. With `workers`
+ * over 1 this process becomes the cluster primary, and each worker it forks
+ * runs this same entry point (told apart by MSP_WORKER).
  */
 
+import cluster from 'node:cluster';
 import { Command } from 'commander';
 import { pino } from 'pino';
 import { ConfigError, loadConfig } from './config.js';
 import { Proxy } from './server/proxy.js';
+import { runPrimary, runWorker } from './server/workers.js';
 import { VERSION } from './version.js';
 
 export async function main(argv: string[]): Promise<number> {
@@ -38,11 +42,18 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (opts.check) {
     process.stdout.write(
-      `msproxy: ${opts.config} is valid (${config.nodes.length} nodes, replicas ${config.replicas})\n`,
+      `msproxy: ${opts.config} is valid (${config.nodes.length} nodes, replicas ${config.replicas}, workers ${config.workers})\n`,
     );
     return 0;
   }
+  const worker = process.env['MSP_WORKER'];
+  if (cluster.isWorker && worker !== undefined) {
+    const index = Number(worker);
+    const log = pino({ level: config.log.level, base: { pid: process.pid, worker: index } });
+    return runWorker(config, log, index);
+  }
   const log = pino({ level: config.log.level, base: { pid: process.pid } });
+  if (config.workers > 1) return runPrimary(config, log);
   const proxy = new Proxy(config, log);
   try {
     await proxy.start();

@@ -57,6 +57,11 @@ export const configSchema = z
     nodes: z.array(node).min(1),
     /** Copies of each key: 1 is plain sharding, 2 a primary and a backup. */
     replicas: z.number().int().min(1).default(2),
+    /**
+     * Processes serving clients (node:cluster): each runs the whole proxy on the same
+     * port. 1 runs no cluster at all.
+     */
+    workers: z.number().int().min(1).max(64).default(1),
     /** sync: answer once every reachable replica answered; async: answer with the authority's reply. */
     ackMode: z.enum(['sync', 'async']).default('sync'),
     timeouts: z

@@ -23,6 +23,10 @@
  *   newer write already there wins), under KeyOrder, at `resyncRate` keys/s.
  *   After it, the node holds every key again, so losing the other replica
  *   right after a restart loses nothing.
+ * - Several processes (workers, see RejoinGate). Each replays its own log;
+ *   a node then takes this process's writes but serves no reads here until
+ *   every process has replayed (`ready`, then `go`). Fences are shared; only
+ *   the process the gate names runs re-syncs.
  */
 
 import net from 'node:net';
@@ -32,6 +36,7 @@ import { encodeMeta, encodeMetaSet } from '../protocol/encoder.js';
 import { EXPECT_LINE, type Reply, equals, startsWith } from '../protocol/response-parser.js';
 import { EXCLUSIVE, type KeyOrder, Ticket } from './key-order.js';
 import { keyHash, parseMetaFlags } from './meta.js';
+import { LOCAL_GATE, type RejoinGate } from './rejoin-gate.js';
 import type { Ring } from './ring.js';
 
 export interface RecoveryOptions {
@@ -56,6 +61,16 @@ class NodeRecovery {
   fenced = new Map<string, number>();
   overflow = false;
   rejoining = false;
+  /**
+   * Shared gate only: this process replayed its log and writes reach the node
+   * again, but other processes may not have replayed theirs: no reads here.
+   */
+  waiting = false;
+  /**
+   * A probe answered while a rejoin ran (shared gate: the node went down again
+   * during its catch-up replay), and whether it saw a restart: rejoin again after.
+   */
+  reprobe: boolean | null = null;
   /** A background fix of keys missed by a node that is up is scheduled or running. */
   fixing = false;
   rejoins = 0;
@@ -97,6 +112,7 @@ export class Recovery {
   private readonly order: KeyOrder;
   private readonly options: RecoveryOptions;
   private readonly log: Logger;
+  private readonly gate: RejoinGate;
   private readonly state: NodeRecovery[];
   private closed = false;
   private readonly sockets = new Set<net.Socket>();
@@ -110,12 +126,14 @@ export class Recovery {
     order: KeyOrder,
     options: RecoveryOptions,
     log: Logger,
+    gate: RejoinGate = LOCAL_GATE,
   ) {
     this.nodes = nodes;
     this.ring = ring;
     this.order = order;
     this.options = options;
     this.log = log;
+    this.gate = gate;
     this.state = nodes.map(() => new NodeRecovery());
   }
 
@@ -169,7 +187,11 @@ export class Recovery {
   /** A down node answered its probe. */
   onProbe(node: BackendNode, restarted: boolean): void {
     const s = this.state[node.index]!;
-    if (s.rejoining || this.closed) return;
+    if (this.closed) return;
+    if (s.rejoining) {
+      s.reprobe = restarted || s.reprobe === true;
+      return;
+    }
     s.rejoining = true;
     s.rejoins++;
     // A node that was hung still holds requests msproxy gave up on, buffered on connections it
@@ -182,15 +204,45 @@ export class Recovery {
     const s = this.state[node.index]!;
     if (this.closed) return;
     const done = (ok: boolean, reason: string, refill: boolean): void => {
-      s.rejoining = false;
-      if (!ok) return node.probeLater(reason);
+      if (!ok) {
+        s.rejoining = false;
+        return node.probeLater(reason);
+      }
+      if (!this.gate.shared) {
+        s.rejoining = false;
+        node.markUp();
+        return this.serving(node.index, refill);
+      }
+      // Other processes have logs of their own: take writes again (so this log stops
+      // growing), keep reads off the node, and wait until every process has replayed.
+      s.waiting = true;
       node.markUp();
-      this.refixFenced();
-      if (refill && this.options.resyncRate > 0) this.resync(node.index);
-      // A source is back: a re-sync that could not list its keys can now finish.
-      this.state.forEach((o, i) => {
-        if (i !== node.index && o.resync === 'failed' && this.nodes[i]!.isUp) this.resync(i);
-      });
+      this.replay(
+        node,
+        (caughtUp) => {
+          s.rejoining = false;
+          if (!node.isUp) {
+            // Taken down during the replay (here or in another worker): rejoin again.
+            const again = s.reprobe;
+            s.reprobe = null;
+            if (again !== null) this.onProbe(node, again || refill);
+            return;
+          }
+          if (!caughtUp) return node.markDownNow('rejoin replay failed');
+          this.gate.ready(node.index, () => {
+            if (!s.waiting || !node.isUp) return;
+            s.waiting = false;
+            this.log.info({ node: node.label }, 'node serves reads again (every worker replayed)');
+            this.serving(node.index, refill);
+          });
+        },
+        Infinity,
+      );
+    };
+    // Alone, replay with the node out of service; shared, `done` replays with writes let through.
+    const catchUp = (refill: boolean): void => {
+      if (this.gate.shared) return done(true, '', refill);
+      this.replay(node, (ok) => done(ok, 'replay failed', refill));
     };
     if (s.overflow) {
       // Too much was missed to replay: empty the node and let it refill.
@@ -203,11 +255,27 @@ export class Recovery {
         s.fenced = new Map();
         s.flushes++;
         this.log.warn({ node: node.label }, 'node flushed on rejoin (outage log overflowed)');
-        this.replay(node, (ok) => done(ok, 'replay failed', true));
+        catchUp(true);
       });
       return;
     }
-    this.replay(node, (ok) => done(ok, 'replay failed', restarted));
+    catchUp(restarted);
+  }
+
+  /** `node` serves again (after its rejoin): fix what waited for it, refill it if it was empty. */
+  private serving(node: number, refill: boolean): void {
+    this.refixFenced();
+    if (refill && this.options.resyncRate > 0) this.resync(node);
+    // A source is back: a re-sync that could not list its keys can now finish.
+    this.state.forEach((o, i) => {
+      if (i !== node && o.resync === 'failed' && this.nodes[i]!.isUp) this.resync(i);
+    });
+  }
+
+  /** `node` was taken out of service. */
+  onDown(node: number): void {
+    this.state[node]!.waiting = false;
+    this.gate.down(node);
   }
 
   /**
@@ -232,7 +300,7 @@ export class Recovery {
       else if (res === 'other') {
         // Another replica failed: this node's copy cannot be checked now. Fenced, it does not
         // hold up the rejoin; the next node-up or miss fixes it.
-        if ((s.fenced.get(ks) ?? 0) < seq) s.fenced.set(ks, seq);
+        this.fenceKey(node.index, ks, seq);
       } else {
         failed = true;
         keep(ks, seq);
@@ -249,7 +317,7 @@ export class Recovery {
       // Keys logged while this round ran: another round. Under a steady write load that may
       // never end, so after a few rounds the rest is fenced and fixed in the background.
       if (rounds > 1) return this.replay(node, cb, rounds - 1);
-      for (const [ks, seq] of s.missed) if ((s.fenced.get(ks) ?? 0) < seq) s.fenced.set(ks, seq);
+      for (const [ks, seq] of s.missed) this.fenceKey(node.index, ks, seq);
       s.missed.clear();
       cb(true);
     };
@@ -304,10 +372,9 @@ export class Recovery {
       const settle = (ok: boolean, failedNode = -1): void => {
         if (!ok) return finish(failedNode === node ? 'node' : 'other');
         for (const n of [node, ...up]) {
-          const st = this.state[n]!;
-          st.fenced.delete(ks);
+          this.state[n]!.fenced.delete(ks);
           // A replica down that missed less may hold newer: fence every copy that is up.
-          if (downBest < bestSeq) st.fenced.set(ks, bestSeq);
+          if (downBest < bestSeq) this.fenceKey(n, ks, bestSeq);
         }
         finish('ok');
       };
@@ -372,15 +439,33 @@ export class Recovery {
 
   // ---------------------------------------------------------------- fencing
 
-  /** Whether any node has a fenced key. */
+  /** Don't trust `node`'s copy of `ks` until write `seq` of it is there; tell other processes. */
+  private fenceKey(node: number, ks: string, seq: number): void {
+    const f = this.state[node]!.fenced;
+    if ((f.get(ks) ?? 0) >= seq) return;
+    f.set(ks, seq);
+    this.gate.fenced(node, ks);
+  }
+
+  /**
+   * Another process fenced `ks` on `node`. Its sequence numbers are not ours, so
+   * the copy counts as older than any: the next fix copies it from another replica.
+   */
+  remoteFence(node: number, ks: string): void {
+    this.state[node]!.fenced.set(ks, Number.MAX_SAFE_INTEGER);
+  }
+
+  /** Whether any node has a fenced key (or waits for other processes before serving reads). */
   get anyFenced(): boolean {
-    return this.state.some((s) => s.fenced.size > 0);
+    const st = this.state;
+    for (let i = 0; i < st.length; i++) if (st[i]!.fenced.size > 0 || st[i]!.waiting) return true;
+    return false;
   }
 
   /** Whether `node`'s copy of `key` is not to be trusted (read elsewhere, never the authority). */
   isFenced(node: number, key: Buffer): boolean {
-    const f = this.state[node]!.fenced;
-    return f.size > 0 && f.has(key.toString('latin1'));
+    const s = this.state[node]!;
+    return s.waiting || (s.fenced.size > 0 && s.fenced.has(key.toString('latin1')));
   }
 
   /** A write replaced `node`'s copy of `key` whole: it can be trusted again. */
@@ -413,6 +498,7 @@ export class Recovery {
   resync(node: number): void {
     const s = this.state[node]!;
     if (s.resync === 'running' || this.closed || this.options.resyncRate <= 0) return;
+    if (!this.gate.resyncs) return; // another process of the group re-syncs
     s.resync = 'running';
     s.resyncRun++;
     const run = s.resyncRun;
@@ -620,6 +706,7 @@ export class Recovery {
       out.push([`proxy_node_${i}_outage_log`, s.overflow ? 'overflow' : s.missed.size]);
       out.push([`proxy_node_${i}_fenced_keys`, s.fenced.size]);
       out.push([`proxy_node_${i}_rejoins`, s.rejoins]);
+      out.push([`proxy_node_${i}_rejoin_waiting`, s.waiting ? 1 : 0]);
       out.push([`proxy_node_${i}_rejoin_replayed`, s.replayed]);
       out.push([`proxy_node_${i}_rejoin_flushes`, s.flushes]);
       out.push([`proxy_node_${i}_resync`, s.resync]);

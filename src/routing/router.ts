@@ -68,6 +68,9 @@ export interface RouterOptions {
   version: string;
   /** msproxy's own version, for stats. */
   proxyVersion: string;
+  /** This process's worker index, and how many there are (stats only). */
+  worker?: number;
+  workers?: number;
 }
 
 const CRLF = R.CRLF;
@@ -984,6 +987,8 @@ export class Router {
       ['get_hits', s.getHits],
       ['get_misses', s.getMisses],
       ['proxy_version', this.options.proxyVersion],
+      ['proxy_worker', this.options.worker ?? 0],
+      ['proxy_workers', this.options.workers ?? 1],
       ['proxy_client_errors', s.clientErrors],
       ['proxy_failover_reads', s.failoverReads],
       ['proxy_read_repairs', s.readRepairs],

@@ -8,6 +8,7 @@ import net from 'node:net';
 import type { Logger } from 'pino';
 import { BackendNode } from '../backend/node.js';
 import { type Config, nodeLabel } from '../config.js';
+import { LOCAL_GATE, type RejoinGate } from '../routing/rejoin-gate.js';
 import { Recovery } from '../routing/recovery.js';
 import { Ring } from '../routing/ring.js';
 import { Router } from '../routing/router.js';
@@ -26,7 +27,15 @@ export class Proxy {
   private readonly server: net.Server;
   private readonly sockets = new Set<net.Socket>();
 
-  constructor(config: Config, log: Logger) {
+  /**
+   * `gate` and `worker`: set when this is one worker of several (see workers.ts);
+   * alone, a node serves as soon as this process has fenced it.
+   */
+  constructor(
+    config: Config,
+    log: Logger,
+    group: { gate: RejoinGate; worker: number } = { gate: LOCAL_GATE, worker: 0 },
+  ) {
     this.config = config;
     this.log = log;
     this.nodes = config.nodes.map(
@@ -48,7 +57,7 @@ export class Proxy {
           log,
           {
             onUp: () => {},
-            onDown: () => {},
+            onDown: (node) => this.recovery.onDown(node.index),
             onProbe: (node, restarted) => this.recovery.onProbe(node, restarted),
             onRestart: (node) => this.recovery.resync(node.index),
           },
@@ -63,6 +72,8 @@ export class Proxy {
         ackMode: config.ackMode,
         version: PROTOCOL_VERSION,
         proxyVersion: VERSION,
+        worker: group.worker,
+        workers: config.workers,
       },
       this.stats,
     );
@@ -76,6 +87,7 @@ export class Proxy {
         resyncRate: config.recovery.resyncRate,
       },
       log,
+      group.gate,
     );
     this.router.recovery = this.recovery;
     // allowHalfOpen: a client may shut down its sending side and still read the replies.

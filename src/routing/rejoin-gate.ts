@@ -1,0 +1,37 @@
+/**
+ * What releases a rejoining node for reads, and how fences are shared, when
+ * several processes (workers) use the same nodes.
+ *
+ * Contract: each process keeps its own outage logs (the writes it routed
+ * while a node was down). A node is therefore up to date only once every
+ * process has replayed its log; until then a process that is done takes
+ * writes to the node but serves no reads from it. `ready()` says this process
+ * is done; `go` runs once every process is. `down()` and `fenced()` tell the
+ * others, so a node taken out of service, or a key whose copy on a node is
+ * not trusted, is treated the same everywhere.
+ *
+ * LOCAL_GATE is the one-process case: ready means go.
+ */
+
+export interface RejoinGate {
+  /** Whether other processes share the nodes (then a rejoin waits for them all). */
+  readonly shared: boolean;
+  /** Whether this process runs re-syncs (one process of a group does). */
+  readonly resyncs: boolean;
+  /** This process took `node` out of service. */
+  down(node: number): void;
+  /** This process brought `node` up to date; `go` once every process has. */
+  ready(node: number, go: () => void): void;
+  /** This process stopped trusting `node`'s copy of `key` (a latin1 string). */
+  fenced(node: number, key: string): void;
+}
+
+export const LOCAL_GATE: RejoinGate = {
+  shared: false,
+  resyncs: true,
+  down() {},
+  ready(_node, go) {
+    go();
+  },
+  fenced() {},
+};

@@ -1,0 +1,332 @@
+/**
+ * `workers: N` (node:cluster): N worker processes share the listening port,
+ * each a whole Proxy with the same config, so every worker puts a key on the
+ * same nodes. The primary serves no clients. It forks the workers, restarts
+ * one that dies (with backoff), stops them all on SIGINT/SIGTERM, and runs the
+ * RejoinCoordinator, which keeps the workers' view of the nodes in step:
+ *
+ * - A node that any worker takes out of service is taken out in all of them.
+ * - A node that comes back serves reads again only once every worker has
+ *   replayed its own outage log (see RejoinGate and Recovery).
+ * - A key fenced in one worker is fenced in all.
+ * - A worker that dies while a node is down takes its outage log with it: that
+ *   node is flushed on its rejoin (by one worker) instead of replayed.
+ *
+ * Worker 0 runs the re-syncs. Each worker keeps its own stats, limits and
+ * per-key order (see the README's consistency model for what that means).
+ */
+
+import cluster, { type Worker } from 'node:cluster';
+import type { Logger } from 'pino';
+import type { Config } from '../config.js';
+import type { RejoinGate } from '../routing/rejoin-gate.js';
+import { VERSION } from '../version.js';
+import { Proxy } from './proxy.js';
+
+/** Worker -> primary. */
+export type ToPrimary =
+  | { msp: 'hello' }
+  | { msp: 'listening'; host: string; port: number }
+  | { msp: 'down'; node: number }
+  | { msp: 'ready'; node: number; epoch: number }
+  | { msp: 'fence'; node: number; key: string };
+
+/** Primary -> worker. */
+export type ToWorker =
+  | { msp: 'init'; down: number[] }
+  | { msp: 'down'; node: number }
+  | { msp: 'go'; node: number; epoch: number }
+  | { msp: 'fence'; node: number; key: string }
+  | { msp: 'flush'; node: number };
+
+/**
+ * The primary's side of the rejoin protocol, without any I/O: it is told
+ * which workers joined, left or sent what, and calls `send`.
+ *
+ * Per node it keeps one bit, down or not, and while down the workers that
+ * have replayed (with the epoch each one sent, echoed back in `go`). A node
+ * goes down on the first worker's `down`; it comes back when every live
+ * worker is ready. A worker's `ready` for a node that is not down is answered
+ * at once: the others serve it already.
+ */
+export class RejoinCoordinator {
+  private readonly send: (worker: number, msg: ToWorker) => void;
+  private readonly live = new Set<number>();
+  private readonly down: boolean[];
+  private readonly ready: Map<number, number>[];
+
+  constructor(nodes: number, send: (worker: number, msg: ToWorker) => void) {
+    this.send = send;
+    this.down = new Array<boolean>(nodes).fill(false);
+    this.ready = Array.from({ length: nodes }, () => new Map<number, number>());
+  }
+
+  /** Whether the group has `node` out of service (for tests and logs). */
+  isDown(node: number): boolean {
+    return this.down[node]!;
+  }
+
+  /** A worker started: it takes the nodes that are down out of service before it listens. */
+  join(worker: number): void {
+    this.live.add(worker);
+    const down: number[] = [];
+    this.down.forEach((d, i) => d && down.push(i));
+    this.send(worker, { msp: 'init', down });
+  }
+
+  /**
+   * A worker is gone. `lostLog`: it died (not a shutdown), so its outage logs
+   * of the nodes that are down are lost: one worker flushes each such node.
+   */
+  leave(worker: number, lostLog: boolean): void {
+    this.live.delete(worker);
+    for (let node = 0; node < this.down.length; node++) {
+      const ready = this.ready[node]!;
+      ready.delete(worker);
+      if (!this.down[node]) continue;
+      if (lostLog && this.live.size > 0) {
+        const flusher = Math.min(...this.live);
+        // Its replay no longer covers the node: it flushes, replays and says ready again.
+        ready.delete(flusher);
+        this.send(flusher, { msp: 'flush', node });
+      }
+      this.maybeUp(node);
+    }
+  }
+
+  message(worker: number, msg: ToPrimary): void {
+    if (!this.live.has(worker)) return;
+    switch (msg.msp) {
+      case 'down': {
+        this.ready[msg.node]!.delete(worker);
+        if (this.down[msg.node]) return;
+        this.down[msg.node] = true;
+        for (const w of this.live) if (w !== worker) this.send(w, { msp: 'down', node: msg.node });
+        return;
+      }
+      case 'ready':
+        if (!this.down[msg.node]) {
+          this.send(worker, { msp: 'go', node: msg.node, epoch: msg.epoch });
+          return;
+        }
+        this.ready[msg.node]!.set(worker, msg.epoch);
+        return this.maybeUp(msg.node);
+      case 'fence':
+        for (const w of this.live) if (w !== worker) this.send(w, msg);
+        return;
+      default:
+        return;
+    }
+  }
+
+  private maybeUp(node: number): void {
+    const ready = this.ready[node]!;
+    if (!this.down[node] || this.live.size === 0) return;
+    for (const w of this.live) if (!ready.has(w)) return;
+    this.down[node] = false;
+    for (const [w, epoch] of ready) this.send(w, { msp: 'go', node, epoch });
+    ready.clear();
+  }
+}
+
+/** A worker's RejoinGate: reports to the primary and waits for its `go`. */
+export class WorkerGate implements RejoinGate {
+  readonly shared = true;
+  readonly resyncs: boolean;
+  private readonly post: (msg: ToPrimary) => void;
+  private readonly epochs: number[];
+  private readonly waiting: ((() => void) | null)[];
+
+  constructor(nodes: number, resyncs: boolean, post: (msg: ToPrimary) => void) {
+    this.resyncs = resyncs;
+    this.post = post;
+    this.epochs = new Array<number>(nodes).fill(0);
+    this.waiting = new Array<(() => void) | null>(nodes).fill(null);
+  }
+
+  down(node: number): void {
+    this.waiting[node] = null;
+    this.post({ msp: 'down', node });
+  }
+
+  ready(node: number, go: () => void): void {
+    // A `go` answering an earlier ready (the node went down since) must not release this one.
+    const epoch = ++this.epochs[node]!;
+    this.waiting[node] = go;
+    this.post({ msp: 'ready', node, epoch });
+  }
+
+  fenced(node: number, key: string): void {
+    this.post({ msp: 'fence', node, key });
+  }
+
+  /** The primary said go: run the wait it answers, if it is still the current one. */
+  go(node: number, epoch: number): void {
+    const go = this.waiting[node];
+    if (go === null || go === undefined || epoch !== this.epochs[node]) return;
+    this.waiting[node] = null;
+    go();
+  }
+}
+
+function isToPrimary(m: unknown): m is ToPrimary {
+  return typeof m === 'object' && m !== null && typeof (m as { msp?: unknown }).msp === 'string';
+}
+
+const STOP_GRACE_MS = 10_000;
+const RESTART_MIN_MS = 100;
+const RESTART_MAX_MS = 10_000;
+/** A worker that served this long before dying restarts without backoff. */
+const STABLE_MS = 30_000;
+
+/**
+ * The primary: fork `config.workers` workers and supervise them until
+ * SIGINT/SIGTERM. Resolves with the exit code (1 if a worker cannot start).
+ */
+export function runPrimary(config: Config, log: Logger): Promise<number> {
+  const n = config.workers;
+  const slots = new Array<Worker | null>(n).fill(null);
+  const restarts = new Array<number>(n).fill(0);
+  const coordinator = new RejoinCoordinator(config.nodes.length, (i, msg) => {
+    const w = slots[i];
+    if (w && w.isConnected()) w.send(msg);
+  });
+  let stopping = false;
+  let listening = 0;
+  let exitCode = 0;
+  let resolveDone: (code: number) => void = () => {};
+  const done = new Promise<number>((r) => (resolveDone = r));
+
+  const stopAll = (code: number): void => {
+    if (stopping) return;
+    stopping = true;
+    exitCode = code;
+    const alive = slots.filter((w): w is Worker => w !== null);
+    if (alive.length === 0) return resolveDone(code);
+    for (const w of alive) w.process.kill('SIGTERM');
+    setTimeout(() => {
+      for (const w of slots) w?.process.kill('SIGKILL');
+    }, STOP_GRACE_MS).unref();
+  };
+
+  const fork = (i: number): void => {
+    const w = cluster.fork({ MSP_WORKER: String(i) });
+    slots[i] = w;
+    let servingSince = 0;
+    w.on('message', (msg: unknown) => {
+      if (!isToPrimary(msg)) return;
+      if (msg.msp === 'hello') return coordinator.join(i);
+      if (msg.msp === 'listening') {
+        servingSince = Date.now();
+        if (++listening === n) {
+          log.info(
+            {
+              listen: `${msg.host}:${msg.port}`,
+              nodes: config.nodes.length,
+              replicas: config.replicas,
+              workers: n,
+              version: VERSION,
+            },
+            'msproxy listening',
+          );
+        }
+        return;
+      }
+      coordinator.message(i, msg);
+    });
+    w.on('exit', (code, signal) => {
+      if (slots[i] === w) slots[i] = null;
+      coordinator.leave(i, !stopping);
+      if (stopping) {
+        if (slots.every((s) => s === null)) resolveDone(exitCode);
+        return;
+      }
+      if (servingSince === 0 && listening < n) {
+        // It never served (a bad port, say): the next one would fail the same way.
+        log.fatal({ worker: i, code, signal }, 'worker could not start');
+        return stopAll(1);
+      }
+      if (Date.now() - servingSince > STABLE_MS) restarts[i] = 0;
+      const delay = Math.min(RESTART_MIN_MS * 2 ** restarts[i]!, RESTART_MAX_MS);
+      restarts[i]!++;
+      log.error({ worker: i, code, signal, restartInMs: delay }, 'worker died');
+      setTimeout(() => {
+        if (!stopping) fork(i);
+      }, delay);
+    });
+  };
+
+  for (let i = 0; i < n; i++) fork(i);
+  const stop = (signal: string): void => {
+    log.info({ signal }, 'shutting down');
+    stopAll(0);
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  return done;
+}
+
+/**
+ * A worker: wait for the primary's view of the nodes, serve until told to
+ * stop (or the primary is gone). Resolves with the exit code.
+ */
+export async function runWorker(config: Config, log: Logger, index: number): Promise<number> {
+  try {
+    return await serveAsWorker(config, log, index);
+  } finally {
+    // The IPC channel would keep this process alive after its proxy closed.
+    if (process.connected) process.disconnect();
+  }
+}
+
+async function serveAsWorker(config: Config, log: Logger, index: number): Promise<number> {
+  const post = (msg: ToPrimary): void => {
+    if (process.connected) process.send!(msg);
+  };
+  const gate = new WorkerGate(config.nodes.length, index === 0, post);
+  let proxy: Proxy | null = null;
+  const early: ToWorker[] = [];
+  const apply = (msg: ToWorker): void => {
+    const p = proxy!;
+    switch (msg.msp) {
+      case 'down':
+        return p.nodes[msg.node]?.markDownNow('down in another worker');
+      case 'go':
+        return gate.go(msg.node, msg.epoch);
+      case 'fence':
+        return p.recovery.remoteFence(msg.node, msg.key);
+      case 'flush':
+        return p.recovery.missedFlush(msg.node);
+      default:
+        return;
+    }
+  };
+  const init = new Promise<number[]>((resolve) => {
+    process.on('message', (msg: ToWorker) => {
+      if (msg?.msp === 'init') return resolve(msg.down);
+      if (proxy === null) early.push(msg);
+      else apply(msg);
+    });
+  });
+  post({ msp: 'hello' });
+  const down = await init;
+  proxy = new Proxy(config, log, { gate, worker: index });
+  for (const node of down) proxy.nodes[node]!.markDownNow('down in the other workers');
+  for (const msg of early.splice(0)) apply(msg);
+  try {
+    await proxy.start();
+  } catch (err) {
+    log.fatal({ err }, 'cannot listen');
+    return 1;
+  }
+  post({ msp: 'listening', ...proxy.address });
+  const p = proxy;
+  await new Promise<void>((resolve) => {
+    const stop = (): void => void p.close().then(resolve);
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+    // The primary is gone (killed): nobody would restart or coordinate this worker.
+    process.once('disconnect', stop);
+  });
+  return 0;
+}

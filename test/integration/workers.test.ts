@@ -1,0 +1,239 @@
+/**
+ * `workers: 2`: msproxy run as its CLI (node:cluster), in front of three real
+ * memcached nodes. Connections reach both workers; every worker puts a key
+ * on the same nodes; a node back from a hang serves no reads through any
+ * worker until every worker has replayed the writes it missed; a worker that
+ * dies is restarted, and its lost outage log makes the node be flushed
+ * rather than serve what it missed.
+ */
+
+import { expect } from 'chai';
+import { Ring } from '../../src/routing/ring.js';
+import { Memcached, sleep } from '../helpers/memcached.js';
+import { ProxyProcess } from '../helpers/proxy-process.js';
+import { MemcacheClient, peek } from '../helpers/proxy.js';
+
+const WORKERS = 2;
+
+async function statsOf(c: MemcacheClient): Promise<Map<string, string>> {
+  const r = await c.request('stats');
+  const out = new Map<string, string>();
+  for (const l of r.lines ?? []) {
+    const [, name, value] = l.toString('latin1').split(' ');
+    if (name !== undefined) out.set(name, value ?? '');
+  }
+  return out;
+}
+
+/** One connection to each worker (by `proxy_worker`), within a bounded number of tries. */
+async function oneClientPerWorker(port: number): Promise<MemcacheClient[]> {
+  const byWorker: (MemcacheClient | undefined)[] = [];
+  const extra: MemcacheClient[] = [];
+  for (let tries = 0; tries < 50 && byWorker.filter(Boolean).length < WORKERS; tries++) {
+    const c = await MemcacheClient.connect(port);
+    const w = Number((await statsOf(c)).get('proxy_worker'));
+    if (byWorker[w] === undefined) byWorker[w] = c;
+    else extra.push(c);
+  }
+  for (const c of extra) c.close();
+  const got = byWorker.filter((c): c is MemcacheClient => c !== undefined);
+  expect(got, 'a connection to every worker').to.have.length(WORKERS);
+  return got;
+}
+
+let proxy: ProxyProcess | null = null;
+
+async function until(what: string, ms: number, check: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) {
+      const log = proxy?.logs.map((l) => JSON.stringify(l)).join('\n') ?? '';
+      throw new Error(`timed out waiting for ${what}; msproxy log:\n${log}`);
+    }
+    await sleep(20);
+  }
+}
+
+/** Whether the worker behind `c` serves reads from `node` (up, not waiting for the others). */
+async function serves(c: MemcacheClient, node: number): Promise<boolean> {
+  const s = await statsOf(c);
+  return (
+    s.get(`proxy_node_${node}_up`) === '1' && s.get(`proxy_node_${node}_rejoin_waiting`) === '0'
+  );
+}
+
+describe('workers: 2 (node:cluster)', function () {
+  this.timeout(60_000);
+  let nodes: Memcached[] = [];
+  let clients: MemcacheClient[] = [];
+  let ring: Ring;
+
+  beforeEach(async function () {
+    nodes = await Promise.all([0, 1, 2].map(() => Memcached.start()));
+    ring = new Ring(nodes.map((n) => ({ label: `127.0.0.1:${n.port}`, weight: 1 })));
+    proxy = await ProxyProcess.start({
+      listen: '127.0.0.1:0',
+      nodes: nodes.map((n) => `127.0.0.1:${n.port}`),
+      replicas: 2,
+      workers: WORKERS,
+      timeouts: { requestMs: 250, connectMs: 500 },
+      backend: { probeMs: 50, probeMaxMs: 200 },
+      log: { level: 'info' },
+    });
+    clients = await oneClientPerWorker(proxy.port);
+  });
+
+  afterEach(async function () {
+    for (const c of clients) c.close();
+    for (const n of nodes) n.resume();
+    if (proxy) expect(await proxy.stop(), 'exit code').to.equal(0);
+    await Promise.all(nodes.map((n) => n.kill()));
+    proxy = null;
+  });
+
+  /** `count` keys whose replicas include `node`. */
+  function keysOn(node: number, count: number, prefix: string): string[] {
+    const out: string[] = [];
+    for (let i = 0; out.length < count && i < 100_000; i++) {
+      const k = `${prefix}:${i}`;
+      if (ring.replicas(Buffer.from(k), 2).includes(node)) out.push(k);
+    }
+    return out;
+  }
+
+  it('serves from every worker, and every worker writes a key to the same two nodes', async function () {
+    const [a, b] = clients as [MemcacheClient, MemcacheClient];
+    const pids = await Promise.all(clients.map(async (c) => (await statsOf(c)).get('pid')));
+    expect(new Set(pids).size, 'two processes').to.equal(2);
+    expect(pids).to.not.include(String(proxy!.pid));
+    for (let i = 0; i < 60; i++) {
+      const [w, r] = i % 2 === 0 ? [a, b] : [b, a];
+      expect(await w.command(`set k${i} ${i} 0 3`, `v${String(i).padStart(2, '0')}`)).to.equal(
+        'STORED\r\n',
+      );
+      expect(await r.command(`get k${i}`)).to.equal(
+        `VALUE k${i} ${i} 3\r\nv${String(i).padStart(2, '0')}\r\nEND\r\n`,
+      );
+      const on = ring.replicas(Buffer.from(`k${i}`), 2);
+      for (let n = 0; n < nodes.length; n++) {
+        const item = await peek(nodes[n]!, `k${i}`);
+        expect(item !== null, `k${i} on node ${n}`).to.equal(on.includes(n));
+      }
+    }
+  });
+
+  it('a node back from a hang serves reads through no worker until every worker has replayed', async function () {
+    const [a, b] = clients as [MemcacheClient, MemcacheClient];
+    const X = 0;
+    const keys = keysOn(X, 200, 'hang');
+    await a.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v0'] as [string, string]));
+    nodes[X]!.pause();
+    // Only worker a sees these writes miss node X; worker b has sent it nothing.
+    const acks = await a.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v1'] as [string, string]));
+    expect(
+      acks.every((r) => r === 'STORED\r\n'),
+      acks.join(''),
+    ).to.equal(true);
+    await until('worker b to take node X out of service', 3000, async () => {
+      return (await statsOf(b)).get(`proxy_node_${X}_up`) === '0';
+    });
+    nodes[X]!.resume();
+    // Read every key through worker b until both workers serve X again, and a while after.
+    let reads = 0;
+    const stale: string[] = [];
+    let servingSince = 0;
+    const deadline = Date.now() + 15_000;
+    while (Date.now() < deadline) {
+      const r = await b.request(`get ${keys.join(' ')}`);
+      for (const v of r.values ?? []) {
+        reads++;
+        if (v.data.toString() !== 'v1') stale.push(`${v.key.toString()}=${v.data.toString()}`);
+      }
+      if (servingSince === 0 && (await serves(a, X)) && (await serves(b, X))) {
+        servingSince = Date.now();
+      }
+      if (servingSince > 0 && Date.now() - servingSince > 300) break;
+    }
+    expect(servingSince, 'both workers serve node X again').to.be.greaterThan(0);
+    expect(stale, 'values read through worker b').to.deep.equal([]);
+    expect(reads).to.be.greaterThan(keys.length);
+    // Worker a's replay brought node X itself up to date.
+    for (const k of keys) expect((await peek(nodes[X]!, k))?.value, k).to.equal('v1');
+  });
+
+  it('a worker killed with SIGKILL is restarted; the other keeps serving', async function () {
+    const [a, b] = clients as [MemcacheClient, MemcacheClient];
+    const victim = Number((await statsOf(a)).get('pid'));
+    expect(await b.command('set survivor 0 0 2', 'ok')).to.equal('STORED\r\n');
+    process.kill(victim, 'SIGKILL');
+    await a.waitClose();
+    expect(await b.command('get survivor')).to.equal('VALUE survivor 0 2\r\nok\r\nEND\r\n');
+    await proxy!.waitLog((l) => l.msg === 'worker died', 5000);
+    // New connections reach a new worker 0 (another pid) once it listens.
+    await until('a restarted worker', 10_000, async () => {
+      const c = await MemcacheClient.connect(proxy!.port);
+      try {
+        const s = await statsOf(c);
+        return s.get('proxy_worker') === '0' && Number(s.get('pid')) !== victim;
+      } finally {
+        c.close();
+      }
+    });
+  });
+
+  it('a worker that dies while a node is down: that node is flushed, never stale', async function () {
+    const [a, b] = clients as [MemcacheClient, MemcacheClient];
+    const X = 1;
+    const keys = keysOn(X, 100, 'lost');
+    await a.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v0'] as [string, string]));
+    nodes[X]!.pause();
+    const acks = await a.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v1'] as [string, string]));
+    expect(
+      acks.every((r) => r === 'STORED\r\n'),
+      acks.join(''),
+    ).to.equal(true);
+    await until('worker b to take node X out of service', 3000, async () => {
+      return (await statsOf(b)).get(`proxy_node_${X}_up`) === '0';
+    });
+    // Worker a dies with the only log of what node X missed.
+    process.kill(Number((await statsOf(a)).get('pid')), 'SIGKILL');
+    await a.waitClose();
+    nodes[X]!.resume();
+    await until('worker b to serve node X again', 15_000, () => serves(b, X));
+    const r = await b.request(`get ${keys.join(' ')}`);
+    const seen = (r.values ?? []).map((v) => v.data.toString());
+    expect(seen).to.have.length(keys.length);
+    expect(
+      seen.filter((v) => v !== 'v1'),
+      'stale values',
+    ).to.deep.equal([]);
+    expect(Number((await statsOf(b)).get(`proxy_node_${X}_rejoin_flushes`))).to.equal(1);
+  });
+});
+
+describe('workers: the CLI', function () {
+  this.timeout(30_000);
+
+  it('--check reports the workers; a port in use makes the primary exit 1', async function () {
+    const node = await Memcached.start();
+    const config = {
+      listen: '127.0.0.1:0',
+      nodes: [`127.0.0.1:${node.port}`],
+      replicas: 1,
+      workers: 2,
+      log: { level: 'info' },
+    };
+    const check = ProxyProcess.spawn(config, ['--check']);
+    expect(await check.exit()).to.equal(0);
+    expect(check.logs.map((l) => l.msg).join('\n')).to.match(/workers 2/);
+    const first = await ProxyProcess.start(config);
+    try {
+      const second = ProxyProcess.spawn({ ...config, listen: `127.0.0.1:${first.port}` });
+      expect(await second.exit()).to.equal(1);
+      await second.waitLog((l) => l.msg === 'worker could not start', 1000);
+    } finally {
+      expect(await first.stop()).to.equal(0);
+      await node.kill();
+    }
+  });
+});

@@ -1,0 +1,182 @@
+/**
+ * The rejoin protocol between cluster workers, without processes: the
+ * primary's RejoinCoordinator and a worker's WorkerGate.
+ */
+
+import { expect } from 'chai';
+import {
+  RejoinCoordinator,
+  type ToPrimary,
+  type ToWorker,
+  WorkerGate,
+} from '../../src/server/workers.js';
+
+function coordinator(nodes = 2): { c: RejoinCoordinator; sent: [number, ToWorker][] } {
+  const sent: [number, ToWorker][] = [];
+  const c = new RejoinCoordinator(nodes, (w, m) => sent.push([w, m]));
+  return { c, sent };
+}
+
+describe('RejoinCoordinator', function () {
+  it('sends a joining worker the nodes that are down', function () {
+    const { c, sent } = coordinator(3);
+    c.join(0);
+    c.message(0, { msp: 'down', node: 2 });
+    c.join(1);
+    expect(sent).to.deep.equal([
+      [0, { msp: 'init', down: [] }],
+      [1, { msp: 'init', down: [2] }],
+    ]);
+  });
+
+  it('takes a node down everywhere on the first down, once', function () {
+    const { c, sent } = coordinator();
+    for (const w of [0, 1, 2]) c.join(w);
+    sent.length = 0;
+    c.message(1, { msp: 'down', node: 0 });
+    c.message(0, { msp: 'down', node: 0 });
+    c.message(2, { msp: 'down', node: 0 });
+    expect(sent).to.deep.equal([
+      [0, { msp: 'down', node: 0 }],
+      [2, { msp: 'down', node: 0 }],
+    ]);
+    expect(c.isDown(0)).to.equal(true);
+    expect(c.isDown(1)).to.equal(false);
+  });
+
+  it('releases a node only when every live worker is ready, echoing each epoch', function () {
+    const { c, sent } = coordinator();
+    for (const w of [0, 1, 2]) c.join(w);
+    c.message(0, { msp: 'down', node: 1 });
+    sent.length = 0;
+    c.message(0, { msp: 'ready', node: 1, epoch: 4 });
+    c.message(2, { msp: 'ready', node: 1, epoch: 1 });
+    expect(sent).to.deep.equal([]);
+    expect(c.isDown(1)).to.equal(true);
+    c.message(1, { msp: 'ready', node: 1, epoch: 7 });
+    expect(c.isDown(1)).to.equal(false);
+    expect(sent).to.have.deep.members([
+      [0, { msp: 'go', node: 1, epoch: 4 }],
+      [2, { msp: 'go', node: 1, epoch: 1 }],
+      [1, { msp: 'go', node: 1, epoch: 7 }],
+    ]);
+  });
+
+  it('a worker that fails the node again after its ready must be ready again', function () {
+    const { c, sent } = coordinator();
+    c.join(0);
+    c.join(1);
+    c.message(0, { msp: 'down', node: 0 });
+    c.message(0, { msp: 'ready', node: 0, epoch: 1 });
+    c.message(0, { msp: 'down', node: 0 });
+    sent.length = 0;
+    c.message(1, { msp: 'ready', node: 0, epoch: 1 });
+    expect(sent).to.deep.equal([]);
+    c.message(0, { msp: 'ready', node: 0, epoch: 2 });
+    expect(sent).to.have.deep.members([
+      [1, { msp: 'go', node: 0, epoch: 1 }],
+      [0, { msp: 'go', node: 0, epoch: 2 }],
+    ]);
+  });
+
+  it('answers a ready for a node that is not down at once', function () {
+    const { c, sent } = coordinator();
+    c.join(0);
+    c.join(1);
+    sent.length = 0;
+    c.message(1, { msp: 'ready', node: 0, epoch: 3 });
+    expect(sent).to.deep.equal([[1, { msp: 'go', node: 0, epoch: 3 }]]);
+  });
+
+  it('a worker that dies while a node is down: one other worker flushes that node', function () {
+    const { c, sent } = coordinator();
+    for (const w of [0, 1, 2]) c.join(w);
+    c.message(2, { msp: 'down', node: 1 });
+    c.message(1, { msp: 'ready', node: 1, epoch: 1 });
+    c.message(2, { msp: 'ready', node: 1, epoch: 1 });
+    sent.length = 0;
+    c.leave(0, true);
+    // Worker 1 was ready, but its replay did not cover worker 0's log: it flushes first.
+    expect(sent).to.deep.equal([[1, { msp: 'flush', node: 1 }]]);
+    expect(c.isDown(1)).to.equal(true);
+    sent.length = 0;
+    c.message(1, { msp: 'ready', node: 1, epoch: 2 });
+    expect(sent).to.have.deep.members([
+      [2, { msp: 'go', node: 1, epoch: 1 }],
+      [1, { msp: 'go', node: 1, epoch: 2 }],
+    ]);
+  });
+
+  it('a worker that stops (no lost log) releases a node the others are ready for', function () {
+    const { c, sent } = coordinator();
+    c.join(0);
+    c.join(1);
+    c.message(0, { msp: 'down', node: 0 });
+    c.message(1, { msp: 'ready', node: 0, epoch: 1 });
+    sent.length = 0;
+    c.leave(0, false);
+    expect(sent).to.deep.equal([[1, { msp: 'go', node: 0, epoch: 1 }]]);
+    // A departed worker's late messages are ignored.
+    sent.length = 0;
+    c.message(0, { msp: 'down', node: 0 });
+    expect(c.isDown(0)).to.equal(false);
+    expect(sent).to.deep.equal([]);
+  });
+
+  it('a node that is up is not flushed when a worker dies', function () {
+    const { c, sent } = coordinator();
+    c.join(0);
+    c.join(1);
+    sent.length = 0;
+    c.leave(1, true);
+    expect(sent).to.deep.equal([]);
+  });
+
+  it('relays a fence to every other worker', function () {
+    const { c, sent } = coordinator();
+    for (const w of [0, 1, 2]) c.join(w);
+    sent.length = 0;
+    c.message(1, { msp: 'fence', node: 0, key: 'k\u00ff' });
+    expect(sent).to.deep.equal([
+      [0, { msp: 'fence', node: 0, key: 'k\u00ff' }],
+      [2, { msp: 'fence', node: 0, key: 'k\u00ff' }],
+    ]);
+  });
+});
+
+describe('WorkerGate', function () {
+  it('reports down, ready and fences, and runs the go that answers the current ready only', function () {
+    const posted: ToPrimary[] = [];
+    const gate = new WorkerGate(2, false, (m) => posted.push(m));
+    expect(gate.shared).to.equal(true);
+    expect(gate.resyncs).to.equal(false);
+    let released = 0;
+    gate.down(1);
+    gate.ready(1, () => released++);
+    gate.down(1);
+    gate.ready(1, () => (released += 10));
+    gate.fenced(0, 'abc');
+    expect(posted).to.deep.equal([
+      { msp: 'down', node: 1 },
+      { msp: 'ready', node: 1, epoch: 1 },
+      { msp: 'down', node: 1 },
+      { msp: 'ready', node: 1, epoch: 2 },
+      { msp: 'fence', node: 0, key: 'abc' },
+    ]);
+    gate.go(1, 1); // answers the first ready: the node went down since
+    expect(released).to.equal(0);
+    gate.go(1, 2);
+    expect(released).to.equal(10);
+    gate.go(1, 2); // once
+    expect(released).to.equal(10);
+  });
+
+  it('a down cancels a pending ready', function () {
+    const gate = new WorkerGate(1, true, () => {});
+    let released = false;
+    gate.ready(0, () => (released = true));
+    gate.down(0);
+    gate.go(0, 1);
+    expect(released).to.equal(false);
+  });
+});

@@ -612,7 +612,15 @@ export class Recovery {
     }, delay);
   }
 
-  /** Copy `key` to `node` from a healthy replica, add-mode (a newer write already there wins). */
+  /**
+   * Copy `key` to `node` from a healthy replica, add-mode (a newer write
+   * already there wins). KeyOrder keeps this process's own commands out of
+   * the way; a write from another process (a worker, another msproxy) is
+   * not. A set of it is safe (the add loses to it or replaces an older
+   * value); a delete that reached `node` before the copy would be undone by
+   * it. So the source is read again after the copy: if its item changed, the
+   * copy is taken back (a delete that only succeeds if nothing replaced it).
+   */
   private refill(node: number, key: Buffer, cb: (ok: boolean) => void): void {
     const hash = keyHash(key);
     this.exclusive(hash, (release) => {
@@ -622,14 +630,29 @@ export class Recovery {
       };
       const source = this.source(key, node);
       if (source < 0) return finish(false);
-      this.nodes[source]!.send(hash, encodeMeta('mg', key, 'v f t'), EXPECT_LINE, (err, r) => {
+      const src = this.nodes[source]!;
+      const dst = this.nodes[node]!;
+      src.send(hash, encodeMeta('mg', key, 'v f t c'), EXPECT_LINE, (err, r) => {
         if (err !== null || r === null || r.isError) return finish(false);
         const item = itemOf(r);
         if (item === null) return finish(true); // gone since it was listed
-        const msg = encodeMetaSet(key, item.data, item.flags, item.ttl, ' ME');
-        this.nodes[node]!.send(hash, msg, EXPECT_LINE, (e2, r2) =>
-          finish(e2 === null && r2 !== null && !r2.isError),
-        );
+        const msg = encodeMetaSet(key, item.data, item.flags, item.ttl, ' ME c');
+        dst.send(hash, msg, EXPECT_LINE, (e2, r2) => {
+          if (e2 !== null || r2 === null || r2.isError) return finish(false);
+          if (!startsWith(r2.line, 'HD')) return finish(true); // a newer write is there
+          const copied = parseMetaFlags(r2.line).get('c');
+          src.send(hash, encodeMeta('mg', key, 'c'), EXPECT_LINE, (e3, r3) => {
+            if (e3 !== null || r3 === null || r3.isError) return finish(false);
+            const now = startsWith(r3.line, 'HD') ? parseMetaFlags(r3.line).get('c') : undefined;
+            if (now !== undefined && now === item.cas) return finish(true);
+            // The source changed under the copy: take it back unless a write replaced it too.
+            if (copied === undefined) return finish(true);
+            // HD: taken back; EX or NF: a write replaced or removed it meanwhile.
+            dst.send(hash, encodeMeta('md', key, `C${copied}`), EXPECT_LINE, (e4, r4) =>
+              finish(e4 === null && r4 !== null && !r4.isError),
+            );
+          });
+        });
       });
     });
   }
@@ -736,12 +759,19 @@ export class Recovery {
 }
 
 /** Value, flags and remaining TTL of an `mg v f t` reply, or null for a miss / expired item. */
-function itemOf(r: Reply): { data: Buffer; flags: number; ttl: number } | null {
+function itemOf(
+  r: Reply,
+): { data: Buffer; flags: number; ttl: number; cas: string | undefined } | null {
   if (!startsWith(r.line, 'VA ')) return null;
   const meta = parseMetaFlags(r.line);
   const ttl = Number(meta.get('t') ?? '-1');
   if (ttl === 0) return null;
-  return { data: r.data, flags: Number(meta.get('f') ?? '0'), ttl: ttl < 0 ? 0 : ttl };
+  return {
+    data: r.data,
+    flags: Number(meta.get('f') ?? '0'),
+    ttl: ttl < 0 ? 0 : ttl,
+    cas: meta.get('c'),
+  };
 }
 
 /** memcached's metadump writes keys URL-encoded (%XX for every byte outside [A-Za-z0-9_.~-]). */

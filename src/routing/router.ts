@@ -678,6 +678,8 @@ export class Router {
         if (!isReply(r) || r.isError) this.missed(node, req.key);
         else if (replaces && success(r)) this.recovery?.unfence(node, req.key);
         if ((!isReply(r) || r.isError) && route.length > 1) this.stats.replicationFailures++;
+        if (left === 0 && req.cmd !== 'set' && route.length > 1)
+          this.disagreed(req, route, replies);
         if (answered) return;
         if (left === 0) return answer();
         // async: answer as soon as the authority answered successfully.
@@ -686,6 +688,22 @@ export class Router {
       if (quiet) this.sendQuiet(node, hash, data, cb);
       else this.send(node, hash, data, EXPECT_LINE, cb);
     });
+  }
+
+  /**
+   * A delete or touch found the item on one replica and not on another: the
+   * replicas disagreed (a copy landed after a delete that raced it, say, from
+   * another msproxy process). The ones without it are fixed like a missed
+   * write: brought in line with the freshest replica.
+   */
+  private disagreed(req: Request, route: Route, replies: (ReplyOrErr | undefined)[]): void {
+    let found = false;
+    for (const r of replies) if (isReply(r) && !r.isError && !notFound(r)) found = true;
+    if (!found) return;
+    for (let i = 0; i < replies.length; i++) {
+      const r = replies[i];
+      if (isReply(r) && notFound(r)) this.missed(route[i]!, req.key);
+    }
   }
 
   /**
@@ -1019,6 +1037,11 @@ function plainSuccess(r: Reply): boolean {
   return (
     equals(line, 'STORED') || equals(line, 'DELETED') || equals(line, 'TOUCHED') || metaSuccess(r)
   );
+}
+
+/** NOT_FOUND, or a meta NF: the node has no such item. */
+function notFound(r: Reply): boolean {
+  return equals(r.line, 'NOT_FOUND') || equals(r.line.subarray(0, 2), 'NF');
 }
 
 /** Conditional write success: STORED, or a number for incr/decr. */

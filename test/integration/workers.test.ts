@@ -12,6 +12,7 @@ import { Ring } from '../../src/routing/ring.js';
 import { Memcached, sleep } from '../helpers/memcached.js';
 import { ProxyProcess } from '../helpers/proxy-process.js';
 import { MemcacheClient, peek } from '../helpers/proxy.js';
+import { SessionWorkload, formatViolations, replicaKeys } from '../helpers/sessions.js';
 
 const WORKERS = 2;
 
@@ -85,7 +86,7 @@ describe('workers: 2 (node:cluster)', function () {
 
   afterEach(async function () {
     for (const c of clients) c.close();
-    for (const n of nodes) n.resume();
+    for (const n of nodes) if (n.alive) n.resume();
     if (proxy) expect(await proxy.stop(), 'exit code').to.equal(0);
     await Promise.all(nodes.map((n) => n.kill()));
     proxy = null;
@@ -159,6 +160,44 @@ describe('workers: 2 (node:cluster)', function () {
     expect(reads).to.be.greaterThan(keys.length);
     // Worker a's replay brought node X itself up to date.
     for (const k of keys) expect((await peek(nodes[X]!, k))?.value, k).to.equal('v1');
+  });
+
+  it('sessions across both workers survive a hang, a restart-empty with re-sync, then losing the partner', async function () {
+    const [w0] = clients as [MemcacheClient, MemcacheClient];
+    const w = await SessionWorkload.start({ port: proxy!.port, seed: 707 });
+    try {
+      await w.run(700);
+      nodes[2]!.pause();
+      await w.run(1500);
+      nodes[2]!.resume();
+      for (const c of clients) await until('node 2 serves again', 10_000, () => serves(c, 2));
+      // Node 0 restarts empty: worker 0 re-syncs it; then its partner node 1 dies.
+      const runs = Number((await statsOf(w0)).get('proxy_node_0_resyncs'));
+      nodes[0] = await nodes[0]!.restart();
+      await until('re-sync of node 0 by worker 0', 20_000, async () => {
+        const s = await statsOf(w0);
+        if (s.get('proxy_node_0_resync') === 'failed') throw new Error('re-sync failed');
+        return (
+          Number(s.get('proxy_node_0_resyncs')) > runs && s.get('proxy_node_0_resync') === 'done'
+        );
+      });
+      await nodes[1]!.kill();
+      await w.run(1000);
+      await w.stop();
+      const final = await w.verify();
+      const onNode0 = await w.verifyNode(nodes[0]!, replicaKeys(ring, w.keys, 0), {
+        requirePresent: true,
+      });
+      expect(w.snapshot().ackedSets, w.summary()).to.be.greaterThan(1000);
+      expect(w.violations, `during the run: ${formatViolations(w.violations)}`).to.deep.equal([]);
+      expect(final, `final read: ${formatViolations(final)}`).to.deep.equal([]);
+      expect(onNode0, `on node 0: ${formatViolations(onNode0)}`).to.deep.equal([]);
+      // Only worker 0 re-syncs.
+      const others = await Promise.all(clients.slice(1).map(statsOf));
+      for (const s of others) expect(s.get('proxy_node_0_resyncs')).to.equal('0');
+    } finally {
+      await w.stop();
+    }
   });
 
   it('a worker killed with SIGKILL is restarted; the other keeps serving', async function () {

@@ -13,6 +13,12 @@
  * request of the proxy process (of memcached itself for direct), and ratios.
  * Then: p50 added over direct at a fixed 30k req/s, and msproxy's RSS with 10k
  * idle client connections. The load generator checks every value it reads.
+ *
+ *   npm run bench -- --unpinned --workers 2
+ *
+ * adds msproxy with `workers: 2` as one more target (its CPU is summed over
+ * the primary and the workers); --unpinned runs everything without taskset,
+ * so the workers (and everything else) can use every core.
  */
 
 import { execFileSync, spawn } from 'node:child_process';
@@ -34,6 +40,8 @@ const WORKLOADS = opt('workloads', 'get90,mget10,pipe10,set100').split(',');
 const KEYS = Number(opt('keys', 100000));
 const CONNS = Number(opt('conns', 100));
 const IDLE = Number(opt('idle', 10000));
+const WORKERS = Number(opt('workers', 1));
+const UNPINNED = args.includes('--unpinned');
 
 const WORKLOAD_ARGS = {
   get90: ['--get-ratio', '0.9'],
@@ -62,7 +70,7 @@ function which(cmd) {
   return null;
 }
 
-const taskset = which('taskset');
+const taskset = UNPINNED ? null : which('taskset');
 function pinned(core, cmd, argv) {
   return taskset ? [taskset, ['-c', String(core), cmd, ...argv]] : [cmd, argv];
 }
@@ -231,6 +239,21 @@ async function main() {
   );
   await waitPort(mport, 'msproxy');
   targets.push({ name: 'msproxy', port: mport, pid: msproxy.pid, prefix: 'm:' });
+  if (WORKERS > 1) {
+    const wport = await freePort();
+    const wconfig = { ...config, listen: { host: '127.0.0.1', port: wport }, workers: WORKERS };
+    writeFileSync(join(dir, 'msproxy-workers.json'), JSON.stringify(wconfig));
+    const mw = start(
+      0,
+      process.execPath,
+      [join(root, 'bin', 'msproxy.js'), '--config', join(dir, 'msproxy-workers.json')],
+      { env: { ...process.env, UV_THREADPOOL_SIZE: '1' } },
+    );
+    await waitPort(wport, 'msproxy workers');
+    // The port answers once the first worker listens: give the others a moment.
+    await new Promise((r) => setTimeout(r, 1000));
+    targets.push({ name: `msproxy-w${WORKERS}`, port: wport, pid: mw.pid, prefix: 'w:' });
+  }
 
   const nutcracker = which('nutcracker');
   if (nutcracker) {
@@ -263,7 +286,7 @@ async function main() {
     `# msproxy bench: ${ROUNDS} rounds x ${SECONDS} s, ${CONNS} connections, ${KEYS} keys, values 1-4 KiB`,
   );
   console.log(
-    `# pinning: ${taskset ? 'proxies + memcached on core 0, load generator on core 1' : 'taskset not found, no pinning'}`,
+    `# pinning: ${taskset ? 'proxies + memcached on core 0, load generator on core 1' : UNPINNED ? 'none (--unpinned)' : 'taskset not found, no pinning'}`,
   );
   for (const t of targets) {
     await loadgen(bin, t.port, [

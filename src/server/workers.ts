@@ -258,11 +258,12 @@ export function runPrimary(config: Config, log: Logger): Promise<number> {
 
   for (let i = 0; i < n; i++) fork(i);
   const stop = (signal: string): void => {
+    if (stopping) return;
     log.info({ signal }, 'shutting down');
     stopAll(0);
   };
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
   return done;
 }
 
@@ -322,9 +323,16 @@ async function serveAsWorker(config: Config, log: Logger, index: number): Promis
   post({ msp: 'listening', ...proxy.address });
   const p = proxy;
   await new Promise<void>((resolve) => {
-    const stop = (): void => void p.close().then(resolve);
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
+    let stopping = false;
+    // `on`, not `once`: a signal to the whole group (systemd, Ctrl-C) and the primary's own
+    // SIGTERM both arrive; a second one must not kill the worker mid-close.
+    const stop = (): void => {
+      if (stopping) return;
+      stopping = true;
+      void p.close().then(resolve);
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
     // The primary is gone (killed): nobody would restart or coordinate this worker.
     process.once('disconnect', stop);
   });

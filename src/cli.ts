@@ -8,7 +8,7 @@
 import cluster from 'node:cluster';
 import { Command } from 'commander';
 import { pino } from 'pino';
-import { ConfigError, loadConfig } from './config.js';
+import { ConfigError, loadConfig, parseConfig } from './config.js';
 import { Proxy } from './server/proxy.js';
 import { runPrimary, runWorker } from './server/workers.js';
 import { VERSION } from './version.js';
@@ -32,7 +32,10 @@ export async function main(argv: string[]): Promise<number> {
   const opts = program.opts<{ config: string; check?: boolean }>();
   let config;
   try {
-    config = loadConfig(opts.config);
+    // A cluster worker takes the primary's config, not the file again: a worker restarted
+    // after the file was edited would otherwise put keys elsewhere than the others.
+    const given = cluster.isWorker ? process.env['MSP_CONFIG'] : undefined;
+    config = given !== undefined ? parseConfig(JSON.parse(given)) : loadConfig(opts.config);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`msproxy: ${err.message}\n`);

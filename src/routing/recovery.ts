@@ -96,6 +96,8 @@ const FIX_DELAY_MS = 20;
 /** First and longest wait before a failed re-sync runs again. */
 const RESYNC_RETRY_MS = 1000;
 const RESYNC_RETRY_MAX_MS = 30_000;
+/** Attempts at a copy that a write from another process keeps crossing (see copyItem). */
+const COPY_TRIES = 3;
 /** Copies in flight during a rejoin or re-sync. */
 const WINDOW = 32;
 const FLUSH = Buffer.from('flush_all\r\n');
@@ -392,7 +394,11 @@ export class Recovery {
   /**
    * Copy `key` from `from` to `to` exactly (value, flags, remaining TTL), or
    * delete it there if `from` has no item. Uses sendDirect: either side may be
-   * a node that is not serving yet.
+   * a node that is not serving yet. A write from another process (a worker,
+   * another msproxy) may cross the copy: land on `to` before it and on `from`
+   * after the read, leaving `to` older. So `from` is read again afterwards;
+   * if its item changed, the copy is made again (a few times at most: past
+   * that, writes are reaching every replica anyway).
    */
   private copyItem(
     from: number,
@@ -400,8 +406,10 @@ export class Recovery {
     key: Buffer,
     hash: number,
     cb: (ok: boolean, failedNode?: number) => void,
+    tries = COPY_TRIES,
   ): void {
-    this.nodes[from]!.sendDirect(hash, encodeMeta('mg', key, 'v f t'), EXPECT_LINE, (err, r) => {
+    const src = this.nodes[from]!;
+    src.sendDirect(hash, encodeMeta('mg', key, 'v f t c'), EXPECT_LINE, (err, r) => {
       if (err !== null || r === null || r.isError) return cb(false, from);
       const item = itemOf(r);
       const msg =
@@ -410,10 +418,21 @@ export class Recovery {
           : encodeMetaSet(key, item.data, item.flags, item.ttl);
       let left = to.length;
       let failed = -1;
+      const verify = (): void => {
+        src.sendDirect(hash, encodeMeta('mg', key, 'c'), EXPECT_LINE, (e3, r3) => {
+          if (e3 !== null || r3 === null || r3.isError) return cb(false, from);
+          const now = startsWith(r3.line, 'HD') ? parseMetaFlags(r3.line).get('c') : undefined;
+          const same = item === null ? now === undefined : now === item.cas;
+          if (same || tries <= 1) return cb(true);
+          this.copyItem(from, to, key, hash, cb, tries - 1);
+        });
+      };
       for (const t of to) {
         this.nodes[t]!.sendDirect(hash, msg, EXPECT_LINE, (e2, r2) => {
           if (e2 !== null || r2 === null || r2.isError) failed = t;
-          if (--left === 0) cb(failed < 0, failed < 0 ? undefined : failed);
+          if (--left > 0) return;
+          if (failed >= 0) return cb(false, failed);
+          verify();
         });
       }
     });
@@ -498,7 +517,7 @@ export class Recovery {
   resync(node: number): void {
     const s = this.state[node]!;
     if (s.resync === 'running' || this.closed || this.options.resyncRate <= 0) return;
-    if (!this.gate.resyncs) return; // another process of the group re-syncs
+    if (!this.gate.resyncs) return this.gate.resyncElsewhere(node);
     s.resync = 'running';
     s.resyncRun++;
     const run = s.resyncRun;

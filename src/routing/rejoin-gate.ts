@@ -24,6 +24,8 @@ export interface RejoinGate {
   ready(node: number, go: () => void): void;
   /** This process stopped trusting `node`'s copy of `key` (a latin1 string). */
   fenced(node: number, key: string): void;
+  /** `node` needs a re-sync and this process does not run them: ask the one that does. */
+  resyncElsewhere(node: number): void;
 }
 
 export const LOCAL_GATE: RejoinGate = {
@@ -34,4 +36,5 @@ export const LOCAL_GATE: RejoinGate = {
     go();
   },
   fenced() {},
+  resyncElsewhere() {},
 };

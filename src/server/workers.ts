@@ -29,7 +29,11 @@ export type ToPrimary =
   | { msp: 'listening'; host: string; port: number }
   | { msp: 'down'; node: number }
   | { msp: 'ready'; node: number; epoch: number }
-  | { msp: 'fence'; node: number; key: string };
+  | { msp: 'fence'; node: number; key: string }
+  /** Got the `flush`: every later ready of the node comes after the flush. */
+  | { msp: 'flushing'; node: number }
+  /** The node needs a re-sync, which worker 0 runs. */
+  | { msp: 'resync'; node: number };
 
 /** Primary -> worker. */
 export type ToWorker =
@@ -37,28 +41,48 @@ export type ToWorker =
   | { msp: 'down'; node: number }
   | { msp: 'go'; node: number; epoch: number }
   | { msp: 'fence'; node: number; key: string }
-  | { msp: 'flush'; node: number };
+  | { msp: 'flush'; node: number }
+  | { msp: 'resync'; node: number };
+
+/** The worker that runs re-syncs. */
+export const RESYNC_WORKER = 0;
+/** `flusher` value: a flush is owed but no worker is alive to do it. */
+const NOBODY = -1;
 
 /**
  * The primary's side of the rejoin protocol, without any I/O: it is told
  * which workers joined, left or sent what, and calls `send`.
  *
- * Per node it keeps one bit, down or not, and while down the workers that
- * have replayed (with the epoch each one sent, echoed back in `go`). A node
- * goes down on the first worker's `down`; it comes back when every live
- * worker is ready. A worker's `ready` for a node that is not down is answered
- * at once: the others serve it already.
+ * Per node it keeps: down or not; while down, the workers that have replayed
+ * (with the epoch each one sent, echoed back in `go`); and the worker that
+ * owes the node a flush, if any. A node goes down on the first worker's
+ * `down`. It comes back when every live worker is ready and no flush is
+ * owed. A worker's `ready` for a node that is not down is answered at once:
+ * the others serve it already.
+ *
+ * A flush is owed when a worker dies, before it was ready, while the node
+ * is down: its outage log is lost. The lowest live worker is told to flush
+ * (or the next to start, if none is alive). Its readies sent before it
+ * acknowledged (`flushing`) predate the flush and are ignored; its first
+ * ready after it settles the debt. If it dies first, another worker owes it.
  */
 export class RejoinCoordinator {
   private readonly send: (worker: number, msg: ToWorker) => void;
   private readonly live = new Set<number>();
   private readonly down: boolean[];
   private readonly ready: Map<number, number>[];
+  /** Per node: the worker that owes a flush (NOBODY: owed, no one alive), or null. */
+  private readonly flusher: (number | null)[];
+  private readonly flushAcked: boolean[];
+  /** Re-syncs asked for while the re-sync worker was not alive. */
+  private readonly resyncs = new Set<number>();
 
   constructor(nodes: number, send: (worker: number, msg: ToWorker) => void) {
     this.send = send;
     this.down = new Array<boolean>(nodes).fill(false);
     this.ready = Array.from({ length: nodes }, () => new Map<number, number>());
+    this.flusher = new Array<number | null>(nodes).fill(null);
+    this.flushAcked = new Array<boolean>(nodes).fill(false);
   }
 
   /** Whether the group has `node` out of service (for tests and logs). */
@@ -72,30 +96,44 @@ export class RejoinCoordinator {
     const down: number[] = [];
     this.down.forEach((d, i) => d && down.push(i));
     this.send(worker, { msp: 'init', down });
+    this.flusher.forEach((f, node) => f === NOBODY && this.owe(node));
+    if (worker === RESYNC_WORKER) {
+      for (const node of this.resyncs) this.send(worker, { msp: 'resync', node });
+      this.resyncs.clear();
+    }
   }
 
   /**
-   * A worker is gone. `lostLog`: it died (not a shutdown), so its outage logs
-   * of the nodes that are down are lost: one worker flushes each such node.
+   * A worker is gone. `lostLog`: it died (not a shutdown). For each node that
+   * is down and that it had not replayed, its outage log is lost: a flush is owed.
    */
   leave(worker: number, lostLog: boolean): void {
-    this.live.delete(worker);
+    if (!this.live.delete(worker)) return;
     for (let node = 0; node < this.down.length; node++) {
       const ready = this.ready[node]!;
-      ready.delete(worker);
+      const replayed = ready.delete(worker);
       if (!this.down[node]) continue;
-      if (lostLog && this.live.size > 0) {
-        const flusher = Math.min(...this.live);
-        // Its replay no longer covers the node: it flushes, replays and says ready again.
-        ready.delete(flusher);
-        this.send(flusher, { msp: 'flush', node });
-      }
+      if (this.flusher[node] === worker || (lostLog && !replayed)) this.owe(node);
       this.maybeUp(node);
     }
   }
 
+  /** Tell the lowest live worker to flush `node` (or the next one to start). */
+  private owe(node: number): void {
+    if (this.live.size === 0) {
+      this.flusher[node] = NOBODY;
+      return;
+    }
+    const f = Math.min(...this.live);
+    this.flusher[node] = f;
+    this.flushAcked[node] = false;
+    this.ready[node]!.delete(f);
+    this.send(f, { msp: 'flush', node });
+  }
+
   message(worker: number, msg: ToPrimary): void {
     if (!this.live.has(worker)) return;
+    if ('node' in msg && !(msg.node >= 0 && msg.node < this.down.length)) return;
     switch (msg.msp) {
       case 'down': {
         this.ready[msg.node]!.delete(worker);
@@ -104,7 +142,14 @@ export class RejoinCoordinator {
         for (const w of this.live) if (w !== worker) this.send(w, { msp: 'down', node: msg.node });
         return;
       }
+      case 'flushing':
+        if (this.flusher[msg.node] === worker) this.flushAcked[msg.node] = true;
+        return;
       case 'ready':
+        if (this.flusher[msg.node] === worker) {
+          if (!this.flushAcked[msg.node]) return; // sent before it got the flush
+          this.flusher[msg.node] = null;
+        }
         if (!this.down[msg.node]) {
           this.send(worker, { msp: 'go', node: msg.node, epoch: msg.epoch });
           return;
@@ -114,6 +159,10 @@ export class RejoinCoordinator {
       case 'fence':
         for (const w of this.live) if (w !== worker) this.send(w, msg);
         return;
+      case 'resync':
+        if (this.live.has(RESYNC_WORKER)) this.send(RESYNC_WORKER, msg);
+        else this.resyncs.add(msg.node);
+        return;
       default:
         return;
     }
@@ -121,7 +170,7 @@ export class RejoinCoordinator {
 
   private maybeUp(node: number): void {
     const ready = this.ready[node]!;
-    if (!this.down[node] || this.live.size === 0) return;
+    if (!this.down[node] || this.live.size === 0 || this.flusher[node] !== null) return;
     for (const w of this.live) if (!ready.has(w)) return;
     this.down[node] = false;
     for (const [w, epoch] of ready) this.send(w, { msp: 'go', node, epoch });
@@ -160,6 +209,10 @@ export class WorkerGate implements RejoinGate {
     this.post({ msp: 'fence', node, key });
   }
 
+  resyncElsewhere(node: number): void {
+    this.post({ msp: 'resync', node });
+  }
+
   /** The primary said go: run the wait it answers, if it is still the current one. */
   go(node: number, epoch: number): void {
     const go = this.waiting[node];
@@ -193,6 +246,8 @@ export function runPrimary(config: Config, log: Logger): Promise<number> {
   });
   let stopping = false;
   let listening = 0;
+  /** Restarts waiting for their backoff (cleared on stop, or they would keep the primary up). */
+  const pending = new Set<NodeJS.Timeout>();
   let exitCode = 0;
   let resolveDone: (code: number) => void = () => {};
   const done = new Promise<number>((r) => (resolveDone = r));
@@ -201,6 +256,8 @@ export function runPrimary(config: Config, log: Logger): Promise<number> {
     if (stopping) return;
     stopping = true;
     exitCode = code;
+    for (const t of pending) clearTimeout(t);
+    pending.clear();
     const alive = slots.filter((w): w is Worker => w !== null);
     if (alive.length === 0) return resolveDone(code);
     for (const w of alive) w.process.kill('SIGTERM');
@@ -210,7 +267,8 @@ export function runPrimary(config: Config, log: Logger): Promise<number> {
   };
 
   const fork = (i: number): void => {
-    const w = cluster.fork({ MSP_WORKER: String(i) });
+    // Workers run the primary's config (see cli.ts), not the file as it may be now.
+    const w = cluster.fork({ MSP_WORKER: String(i), MSP_CONFIG: JSON.stringify(config) });
     slots[i] = w;
     let servingSince = 0;
     w.on('message', (msg: unknown) => {
@@ -246,13 +304,15 @@ export function runPrimary(config: Config, log: Logger): Promise<number> {
         log.fatal({ worker: i, code, signal }, 'worker could not start');
         return stopAll(1);
       }
-      if (Date.now() - servingSince > STABLE_MS) restarts[i] = 0;
+      if (servingSince > 0 && Date.now() - servingSince > STABLE_MS) restarts[i] = 0;
       const delay = Math.min(RESTART_MIN_MS * 2 ** restarts[i]!, RESTART_MAX_MS);
       restarts[i]!++;
       log.error({ worker: i, code, signal, restartInMs: delay }, 'worker died');
-      setTimeout(() => {
+      const t = setTimeout(() => {
+        pending.delete(t);
         if (!stopping) fork(i);
       }, delay);
+      pending.add(t);
     });
   };
 
@@ -284,7 +344,7 @@ async function serveAsWorker(config: Config, log: Logger, index: number): Promis
   const post = (msg: ToPrimary): void => {
     if (process.connected) process.send!(msg);
   };
-  const gate = new WorkerGate(config.nodes.length, index === 0, post);
+  const gate = new WorkerGate(config.nodes.length, index === RESYNC_WORKER, post);
   let proxy: Proxy | null = null;
   const early: ToWorker[] = [];
   const apply = (msg: ToWorker): void => {
@@ -297,7 +357,10 @@ async function serveAsWorker(config: Config, log: Logger, index: number): Promis
       case 'fence':
         return p.recovery.remoteFence(msg.node, msg.key);
       case 'flush':
+        post({ msp: 'flushing', node: msg.node });
         return p.recovery.missedFlush(msg.node);
+      case 'resync':
+        return p.recovery.resync(msg.node);
       default:
         return;
     }

@@ -93,18 +93,86 @@ describe('RejoinCoordinator', function () {
     for (const w of [0, 1, 2]) c.join(w);
     c.message(2, { msp: 'down', node: 1 });
     c.message(1, { msp: 'ready', node: 1, epoch: 1 });
-    c.message(2, { msp: 'ready', node: 1, epoch: 1 });
     sent.length = 0;
     c.leave(0, true);
     // Worker 1 was ready, but its replay did not cover worker 0's log: it flushes first.
     expect(sent).to.deep.equal([[1, { msp: 'flush', node: 1 }]]);
-    expect(c.isDown(1)).to.equal(true);
     sent.length = 0;
+    c.message(2, { msp: 'ready', node: 1, epoch: 1 });
+    // A ready worker 1 sent before it got the flush does not count.
     c.message(1, { msp: 'ready', node: 1, epoch: 2 });
+    expect(sent).to.deep.equal([]);
+    c.message(1, { msp: 'flushing', node: 1 });
+    c.message(1, { msp: 'ready', node: 1, epoch: 3 });
+    expect(c.isDown(1)).to.equal(false);
     expect(sent).to.have.deep.members([
       [2, { msp: 'go', node: 1, epoch: 1 }],
-      [1, { msp: 'go', node: 1, epoch: 2 }],
+      [1, { msp: 'go', node: 1, epoch: 3 }],
     ]);
+  });
+
+  it('a flush owed is passed on if the flusher dies, and kept for the next worker if none is alive', function () {
+    const { c, sent } = coordinator();
+    for (const w of [0, 1, 2]) c.join(w);
+    c.message(0, { msp: 'down', node: 0 });
+    c.leave(0, true);
+    c.message(1, { msp: 'flushing', node: 0 });
+    sent.length = 0;
+    c.leave(1, true);
+    expect(sent).to.deep.equal([[2, { msp: 'flush', node: 0 }]]);
+    sent.length = 0;
+    c.leave(2, true);
+    expect(sent).to.deep.equal([]);
+    c.join(1);
+    expect(sent).to.deep.equal([
+      [1, { msp: 'init', down: [0] }],
+      [1, { msp: 'flush', node: 0 }],
+    ]);
+    c.message(1, { msp: 'flushing', node: 0 });
+    c.message(1, { msp: 'ready', node: 0, epoch: 1 });
+    expect(c.isDown(0)).to.equal(false);
+  });
+
+  it('a worker that had replayed owes no flush when it dies; one that never joined is ignored', function () {
+    const { c, sent } = coordinator();
+    for (const w of [0, 1, 2]) c.join(w);
+    c.message(0, { msp: 'down', node: 0 });
+    c.message(0, { msp: 'ready', node: 0, epoch: 1 });
+    sent.length = 0;
+    c.leave(0, true);
+    c.leave(5, true);
+    expect(sent).to.deep.equal([]);
+    c.message(1, { msp: 'ready', node: 0, epoch: 1 });
+    c.message(2, { msp: 'ready', node: 0, epoch: 1 });
+    expect(c.isDown(0)).to.equal(false);
+  });
+
+  it('relays a re-sync to worker 0, or keeps it until worker 0 starts', function () {
+    const { c, sent } = coordinator();
+    c.join(0);
+    c.join(1);
+    sent.length = 0;
+    c.message(1, { msp: 'resync', node: 1 });
+    expect(sent).to.deep.equal([[0, { msp: 'resync', node: 1 }]]);
+    c.leave(0, false);
+    sent.length = 0;
+    c.message(1, { msp: 'resync', node: 0 });
+    expect(sent).to.deep.equal([]);
+    c.join(0);
+    expect(sent).to.deep.equal([
+      [0, { msp: 'init', down: [] }],
+      [0, { msp: 'resync', node: 0 }],
+    ]);
+  });
+
+  it('ignores a message naming a node it does not have', function () {
+    const { c, sent } = coordinator(2);
+    c.join(0);
+    c.join(1);
+    sent.length = 0;
+    c.message(0, { msp: 'down', node: 7 });
+    c.message(0, { msp: 'ready', node: -1, epoch: 1 });
+    expect(sent).to.deep.equal([]);
   });
 
   it('a worker that stops (no lost log) releases a node the others are ready for', function () {

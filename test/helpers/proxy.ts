@@ -415,6 +415,17 @@ export class MemcacheClient {
 }
 
 /** A client connected to one memcached node directly. */
+/** A `stats` reply (msproxy's or memcached's) as a map of name to value. */
+export async function statsOf(client: MemcacheClient): Promise<Map<string, string>> {
+  const r = await client.request('stats');
+  const out = new Map<string, string>();
+  for (const l of r.lines ?? []) {
+    const [, name, ...value] = l.toString('latin1').split(' ');
+    if (name !== undefined) out.set(name, value.join(' '));
+  }
+  return out;
+}
+
 export function direct(node: Memcached): Promise<MemcacheClient> {
   return MemcacheClient.connect(node.port);
 }

@@ -13,7 +13,14 @@ import net from 'node:net';
 import { expect } from 'chai';
 import { PROTOCOL_VERSION } from '../../src/version.js';
 import { sleep } from '../helpers/memcached.js';
-import { type Cluster, MemcacheClient, direct, peek, startCluster } from '../helpers/proxy.js';
+import {
+  type Cluster,
+  MemcacheClient,
+  direct,
+  peek,
+  startCluster,
+  statsOf,
+} from '../helpers/proxy.js';
 import {
   type Counts,
   SessionWorkload,
@@ -29,13 +36,7 @@ import { prng } from '../helpers/split.js';
 async function proxyStats(port: number): Promise<Map<string, string>> {
   const c = await MemcacheClient.connect(port);
   try {
-    const r = await c.request('stats');
-    const out = new Map<string, string>();
-    for (const l of r.lines ?? []) {
-      const [, name, value] = l.toString('latin1').split(' ');
-      if (name !== undefined) out.set(name, value ?? '');
-    }
-    return out;
+    return await statsOf(c);
   } finally {
     c.close();
   }

@@ -21,6 +21,7 @@ import {
   type SideBySide,
   startCluster,
   startSideBySide,
+  statsOf,
 } from '../helpers/proxy.js';
 
 // ------------------------------------------------------------------ helpers
@@ -40,18 +41,8 @@ async function until(what: string, ms: number, check: () => Promise<boolean>): P
   }
 }
 
-/** The `stats` reply of the proxy as a map. */
-async function stats(client: MemcacheClient): Promise<Map<string, string>> {
-  const out = new Map<string, string>();
-  for (const line of (await client.command('stats')).split('\r\n')) {
-    const m = /^STAT (\S+) (.*)$/.exec(line);
-    if (m) out.set(m[1]!, m[2]!);
-  }
-  return out;
-}
-
 async function stat(client: MemcacheClient, name: string): Promise<number> {
-  const v = (await stats(client)).get(name);
+  const v = (await statsOf(client)).get(name);
   if (v === undefined) throw new Error(`no STAT ${name}`);
   return Number(v);
 }
@@ -398,7 +389,7 @@ describe('limits: thousands of idle connections', function () {
       5000,
       async () => (await stat(worker, 'curr_connections')) >= IDLE + 1,
     );
-    const st = await stats(worker);
+    const st = await statsOf(worker);
     expect(Number(st.get('curr_connections'))).to.be.at.least(IDLE + 1);
     expect(Number(st.get('rejected_connections'))).to.equal(0);
 
@@ -1097,7 +1088,7 @@ describe('fuzz: random valid and corrupted command streams through msproxy', fun
       async () => (await stat(probe, 'curr_connections')) === 1,
     );
     // Client input, however bad, never disturbs msproxy's backend connections.
-    const st = await stats(probe);
+    const st = await statsOf(probe);
     const backend = ['proxy_backend_timeouts', 'proxy_backend_errors', 'proxy_unavailable']
       .concat(['proxy_node_0_down_count'])
       .concat(['proxy_node_1_down_count', 'proxy_node_2_down_count', 'proxy_replication_failures'])

@@ -11,20 +11,10 @@ import { expect } from 'chai';
 import { Ring } from '../../src/routing/ring.js';
 import { Memcached, sleep } from '../helpers/memcached.js';
 import { ProxyProcess } from '../helpers/proxy-process.js';
-import { MemcacheClient, peek } from '../helpers/proxy.js';
+import { MemcacheClient, peek, statsOf } from '../helpers/proxy.js';
 import { SessionWorkload, formatViolations, replicaKeys } from '../helpers/sessions.js';
 
 const WORKERS = 2;
-
-async function statsOf(c: MemcacheClient): Promise<Map<string, string>> {
-  const r = await c.request('stats');
-  const out = new Map<string, string>();
-  for (const l of r.lines ?? []) {
-    const [, name, value] = l.toString('latin1').split(' ');
-    if (name !== undefined) out.set(name, value ?? '');
-  }
-  return out;
-}
 
 /** One connection to each worker (by `proxy_worker`), within a bounded number of tries. */
 async function oneClientPerWorker(port: number): Promise<MemcacheClient[]> {
@@ -102,6 +92,28 @@ describe('workers: 2 (node:cluster)', function () {
     return out;
   }
 
+  /**
+   * `keys` set to v0, then node X hung and the keys set to v1 through worker a
+   * only: worker a's outage log holds them, worker b (told X is down) has none.
+   */
+  async function missedThroughA(
+    a: MemcacheClient,
+    b: MemcacheClient,
+    X: number,
+    keys: string[],
+  ): Promise<void> {
+    await a.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v0'] as [string, string]));
+    nodes[X]!.pause();
+    const acks = await a.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v1'] as [string, string]));
+    expect(
+      acks.every((r) => r === 'STORED\r\n'),
+      acks.join(''),
+    ).to.equal(true);
+    await until('worker b to take node X out of service', 3000, async () => {
+      return (await statsOf(b)).get(`proxy_node_${X}_up`) === '0';
+    });
+  }
+
   it('serves from every worker, and every worker writes a key to the same two nodes', async function () {
     const [a, b] = clients as [MemcacheClient, MemcacheClient];
     const pids = await Promise.all(clients.map(async (c) => (await statsOf(c)).get('pid')));
@@ -127,17 +139,7 @@ describe('workers: 2 (node:cluster)', function () {
     const [a, b] = clients as [MemcacheClient, MemcacheClient];
     const X = 0;
     const keys = keysOn(X, 200, 'hang');
-    await a.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v0'] as [string, string]));
-    nodes[X]!.pause();
-    // Only worker a sees these writes miss node X; worker b has sent it nothing.
-    const acks = await a.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v1'] as [string, string]));
-    expect(
-      acks.every((r) => r === 'STORED\r\n'),
-      acks.join(''),
-    ).to.equal(true);
-    await until('worker b to take node X out of service', 3000, async () => {
-      return (await statsOf(b)).get(`proxy_node_${X}_up`) === '0';
-    });
+    await missedThroughA(a, b, X, keys);
     nodes[X]!.resume();
     // Read every key through worker b until both workers serve X again, and a while after.
     let reads = 0;
@@ -224,16 +226,7 @@ describe('workers: 2 (node:cluster)', function () {
     const [a, b] = clients as [MemcacheClient, MemcacheClient];
     const X = 1;
     const keys = keysOn(X, 100, 'lost');
-    await a.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v0'] as [string, string]));
-    nodes[X]!.pause();
-    const acks = await a.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v1'] as [string, string]));
-    expect(
-      acks.every((r) => r === 'STORED\r\n'),
-      acks.join(''),
-    ).to.equal(true);
-    await until('worker b to take node X out of service', 3000, async () => {
-      return (await statsOf(b)).get(`proxy_node_${X}_up`) === '0';
-    });
+    await missedThroughA(a, b, X, keys);
     // Worker a dies with the only log of what node X missed.
     process.kill(Number((await statsOf(a)).get('pid')), 'SIGKILL');
     await a.waitClose();

@@ -421,9 +421,7 @@ export class Recovery {
       const verify = (): void => {
         src.sendDirect(hash, encodeMeta('mg', key, 'c'), EXPECT_LINE, (e3, r3) => {
           if (e3 !== null || r3 === null || r3.isError) return cb(false, from);
-          const now = startsWith(r3.line, 'HD') ? parseMetaFlags(r3.line).get('c') : undefined;
-          const same = item === null ? now === undefined : now === item.cas;
-          if (same || tries <= 1) return cb(true);
+          if (unchanged(item, r3) || tries <= 1) return cb(true);
           this.copyItem(from, to, key, hash, cb, tries - 1);
         });
       };
@@ -662,8 +660,7 @@ export class Recovery {
           const copied = parseMetaFlags(r2.line).get('c');
           src.send(hash, encodeMeta('mg', key, 'c'), EXPECT_LINE, (e3, r3) => {
             if (e3 !== null || r3 === null || r3.isError) return finish(false);
-            const now = startsWith(r3.line, 'HD') ? parseMetaFlags(r3.line).get('c') : undefined;
-            if (now !== undefined && now === item.cas) return finish(true);
+            if (unchanged(item, r3)) return finish(true);
             // The source changed under the copy: take it back unless a write replaced it too.
             if (copied === undefined) return finish(true);
             // HD: taken back; EX or NF: a write replaced or removed it meanwhile.
@@ -791,6 +788,15 @@ function itemOf(
     ttl: ttl < 0 ? 0 : ttl,
     cas: meta.get('c'),
   };
+}
+
+/**
+ * Whether the answer to a later `mg <key> c` shows the same item as `item`
+ * (read before with `c`): the same cas, or still no item.
+ */
+function unchanged(item: { cas: string | undefined } | null, r: Reply): boolean {
+  const now = startsWith(r.line, 'HD') ? parseMetaFlags(r.line).get('c') : undefined;
+  return item === null ? now === undefined : now === item.cas;
 }
 
 /** memcached's metadump writes keys URL-encoded (%XX for every byte outside [A-Za-z0-9_.~-]). */

@@ -17,6 +17,7 @@
 import net from 'node:net';
 import { BackendError } from '../errors.js';
 import { type Expectation, type Reply, ResponseParser } from '../protocol/response-parser.js';
+import { rawReadOption } from '../net/raw-read.js';
 import { TurnQueue } from '../turn-queue.js';
 
 export type ReplyCallback = (err: BackendError | null, reply: Reply | null) => void;
@@ -77,7 +78,12 @@ export class BackendConnection {
       },
       options.maxValue === undefined ? {} : { maxValue: options.maxValue },
     );
-    this.socket = net.connect({ host: options.host, port: options.port, noDelay: true });
+    this.socket = net.connect({
+      host: options.host,
+      port: options.port,
+      noDelay: true,
+      onread: rawReadOption((chunk) => this.parser.push(chunk)),
+    });
     this.connectTimer = setTimeout(
       () => this.destroy(new BackendError('MSP_BACKEND_CONNECT', `${this.name}: connect timeout`)),
       options.connectTimeoutMs,
@@ -87,7 +93,6 @@ export class BackendConnection {
       this.connected = true;
       this.events.onConnect(this);
     });
-    this.socket.on('data', (chunk: Buffer) => this.parser.push(chunk));
     this.socket.on('error', (err: NodeJS.ErrnoException) => {
       const code = this.connected ? 'MSP_BACKEND_CLOSED' : 'MSP_BACKEND_CONNECT';
       this.destroy(new BackendError(code, `${this.name}: ${err.code ?? err.message}`));

@@ -91,7 +91,10 @@ export class Proxy {
     );
     this.router.recovery = this.recovery;
     // allowHalfOpen: a client may shut down its sending side and still read the replies.
-    this.server = net.createServer({ allowHalfOpen: true }, (socket) => this.accept(socket));
+    // pauseOnConnect: the session sets up how it reads (readRaw) before the first read.
+    this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (socket) =>
+      this.accept(socket),
+    );
     this.server.maxConnections = config.limits.maxClients;
     this.server.on('drop', () => this.stats.rejectedConnections++);
   }

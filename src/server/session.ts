@@ -15,6 +15,7 @@
 
 import type net from 'node:net';
 import { type Out, type Router, unlinkRequest } from '../routing/router.js';
+import { readRaw } from '../net/raw-read.js';
 import { RequestParser } from '../protocol/request-parser.js';
 import type { ProtocolError, Request } from '../protocol/request.js';
 import type { Stats } from '../stats.js';
@@ -87,9 +88,10 @@ export class ClientSession {
       { itemSizeMax: options.itemSizeMax, maxMultigetLine: options.maxMultigetLine },
     );
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => {
+    const onChunk = (chunk: Buffer): void => {
       if (!this.closing) this.parser.push(chunk);
-    });
+    };
+    if (!readRaw(socket, onChunk)) socket.on('data', onChunk);
     socket.on('drain', () => {
       this.draining = false;
       this.updateFlow();
@@ -101,6 +103,8 @@ export class ClientSession {
       this.closing = true;
       if (this.head === null && !this.parser.holding) socket.end();
     });
+    // The server accepts paused (see readRaw): reading starts here.
+    socket.resume();
   }
 
   private reserve(): Slot {

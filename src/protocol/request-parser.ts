@@ -169,6 +169,13 @@ export class RequestParser {
           this.held.unshift(chunk.subarray(pos));
           return;
         }
+        if (this.partsLength === 0 && chunk[pos] === 0x67 /* g */) {
+          const end = this.plainGet(chunk, pos);
+          if (end > 0) {
+            pos = end;
+            continue;
+          }
+        }
         const nl = chunk.indexOf(LF, pos);
         if (nl < 0) {
           this.stash(chunk.subarray(pos));
@@ -223,6 +230,28 @@ export class RequestParser {
         return; // closed: ignore the rest of the stream
       }
     }
+  }
+
+  /**
+   * `get <key>\r\n` whole at `pos`, the session store's read: emitted
+   * without the general tokenizer, returning where it ends. Returns 0 for
+   * anything else (other spacing, several keys, a split line), which the
+   * general path then parses to the same request or error.
+   */
+  private plainGet(chunk: Buffer, pos: number): number {
+    if (chunk[pos + 1] !== 0x65 || chunk[pos + 2] !== 0x74 || chunk[pos + 3] !== SP) return 0;
+    const k0 = pos + 4;
+    const limit = Math.min(chunk.length, k0 + KEY_MAX_LENGTH + 1);
+    let i = k0;
+    while (i < limit && chunk[i]! > SP) i++;
+    const klen = i - k0;
+    if (klen === 0 || klen > KEY_MAX_LENGTH || i + 1 >= chunk.length) return 0;
+    if (chunk[i] !== CR || chunk[i + 1] !== LF) return 0;
+    const end = i + 2;
+    const req = new Request('get', chunk.subarray(pos, end), end - pos);
+    req.keys.push(chunk.subarray(k0, i));
+    this.sink.onRequest(req);
+    return end;
   }
 
   private stash(b: Buffer): void {

@@ -23,8 +23,9 @@
  *
  * Keys are identified by the low 16 bits of their 32-bit hash (a stripe):
  * two keys in one stripe only wait for each other as if they were one key,
- * which is slower but never wrong. A fixed table of stripes, each entry made
- * once and kept, costs no map lookup and no allocation per command.
+ * which is slower but never wrong. A fixed table of stripe counters costs no
+ * map lookup and no allocation per command; only stripes with commands
+ * waiting have a queue.
  */
 
 export const READ = 0;
@@ -44,40 +45,43 @@ export class Ticket {
   ) {}
 }
 
-class Entry {
-  reads = 0;
-  exclusive = 0;
-  /**
-   * Admitted WRITEs whose run() has not been called yet. They hold nothing, so
-   * without this a command arriving from inside an earlier ticket's run() (a
-   * reply that completes synchronously and lets the client's next command in)
-   * would find the key free and overtake them.
-   */
-  starting = 0;
-  queue: Ticket[] = [];
-}
-
 const STRIPES = 1 << 16;
 const MASK = STRIPES - 1;
 
-function idle(e: Entry): boolean {
-  return e.reads === 0 && e.exclusive === 0 && e.starting === 0 && e.queue.length === 0;
-}
+// A stripe's counters, four Int32 at stripe * 4 in one typed array.
+/** Reads holding the stripe. */
+const READS = 0;
+/** Conditional writes (or recovery copies) holding it. */
+const HELD = 1;
+/**
+ * Admitted WRITEs whose run() has not been called yet. They hold nothing, so
+ * without this a command arriving from inside an earlier ticket's run() (a
+ * reply that completes synchronously and lets the client's next command in)
+ * would find the key free and overtake them.
+ */
+const STARTING = 2;
+/** Tickets queued on the stripe (their list is in `queues`). */
+const QUEUED = 3;
 
+/**
+ * Why typed counters and a map of queues, not an object per stripe: every
+ * request touches its key's stripe, at random among 65536; one array slot
+ * is one memory access, where an object is a pointer and then the object,
+ * and 65536 long-lived objects are work for every full GC.
+ */
 export class KeyOrder {
-  private readonly table = new Array<Entry | undefined>(STRIPES).fill(undefined);
+  private readonly counts = new Int32Array(STRIPES * 4);
+  /** Waiting tickets of the stripes that have any, in arrival order. */
+  private readonly queues = new Map<number, Ticket[]>();
 
   /** Stripes currently held or waited for (for stats and tests; a scan, not for hot paths). */
   get size(): number {
+    const c = this.counts;
     let n = 0;
-    for (const e of this.table) if (e !== undefined && !idle(e)) n++;
+    for (let b = 0; b < c.length; b += 4) {
+      if (c[b] !== 0 || c[b + 1] !== 0 || c[b + 2] !== 0 || c[b + 3] !== 0) n++;
+    }
     return n;
-  }
-
-  private entry(hash: number): Entry {
-    let e = this.table[hash & MASK];
-    if (e === undefined) this.table[hash & MASK] = e = new Entry();
-    return e;
   }
 
   /**
@@ -85,29 +89,22 @@ export class KeyOrder {
    * Returns false when it must wait; the caller then uses `wait`.
    */
   tryAcquire(kind: Kind, hash: number): boolean {
-    const e = this.table[hash & MASK];
-    if (e === undefined || idle(e)) {
-      if (kind === WRITE) return true;
-      const n = e ?? this.entry(hash);
-      if (kind === READ) n.reads = 1;
-      else n.exclusive = 1;
-      return true;
-    }
-    if (e.queue.length > 0 || e.starting > 0 || !admits(e, kind)) return false;
-    if (kind === READ) e.reads++;
-    else if (kind === EXCLUSIVE) e.exclusive++;
+    const c = this.counts;
+    const b = (hash & MASK) << 2;
+    if (c[b + QUEUED]! > 0 || c[b + STARTING]! > 0 || !admits(c, b, kind)) return false;
+    if (kind === READ) c[b + READS]!++;
+    else if (kind === EXCLUSIVE) c[b + HELD]!++;
     return true;
   }
 
   /** Acquire every hash for a read, all or none. */
   tryAcquireReads(hashes: readonly number[]): boolean {
+    const c = this.counts;
     for (const h of hashes) {
-      const e = this.table[h & MASK];
-      if (e !== undefined && (e.queue.length > 0 || e.starting > 0 || e.exclusive > 0)) {
-        return false;
-      }
+      const b = (h & MASK) << 2;
+      if (c[b + QUEUED]! > 0 || c[b + STARTING]! > 0 || c[b + HELD]! > 0) return false;
     }
-    for (const h of hashes) this.tryAcquire(READ, h);
+    for (const h of hashes) c[((h & MASK) << 2) + READS]!++;
     return true;
   }
 
@@ -115,7 +112,13 @@ export class KeyOrder {
   wait(ticket: Ticket, hashes: readonly number[]): void {
     ticket.pending = hashes.length;
     if (ticket.kind === WRITE) ticket.hash = hashes[0]!;
-    for (const h of hashes) this.entry(h).queue.push(ticket);
+    for (const h of hashes) {
+      const stripe = h & MASK;
+      let q = this.queues.get(stripe);
+      if (q === undefined) this.queues.set(stripe, (q = []));
+      q.push(ticket);
+      this.counts[(stripe << 2) + QUEUED]!++;
+    }
     // Keys with no one ahead can be taken at once.
     const ready: Ticket[] = [];
     for (const h of hashes) this.pump(h, ready);
@@ -124,12 +127,16 @@ export class KeyOrder {
 
   /** Release a key held by a command of `kind` (READ or EXCLUSIVE). */
   release(kind: Kind, hash: number): void {
-    const e = this.table[hash & MASK];
-    if (e === undefined) return;
-    if (kind === READ) e.reads--;
-    else if (kind === EXCLUSIVE) e.exclusive--;
+    const c = this.counts;
+    const b = (hash & MASK) << 2;
+    // A release without a hold (a bug elsewhere) must not leave a negative count behind.
+    if (kind === READ) {
+      if (c[b + READS]! > 0) c[b + READS]!--;
+    } else if (kind === EXCLUSIVE) {
+      if (c[b + HELD]! > 0) c[b + HELD]!--;
+    }
     // Nobody waits (the usual case): nothing to admit.
-    if (e.queue.length === 0 && e.starting === 0) return;
+    if (c[b + QUEUED] === 0 && c[b + STARTING] === 0) return;
     const ready: Ticket[] = [];
     this.pump(hash, ready);
     this.runReady(ready);
@@ -137,7 +144,7 @@ export class KeyOrder {
 
   /**
    * Run admitted tickets in admission order. Commands that arrive meanwhile
-   * queue behind them (see Entry.starting) and are let in afterwards.
+   * queue behind them (see STARTING) and are let in afterwards.
    */
   private runReady(ready: Ticket[]): void {
     if (ready.length === 0) return;
@@ -145,9 +152,7 @@ export class KeyOrder {
     const again: Ticket[] = [];
     for (const t of ready) {
       if (t.kind !== WRITE) continue;
-      const e = this.table[t.hash & MASK];
-      if (e === undefined) continue;
-      e.starting--;
+      this.counts[((t.hash & MASK) << 2) + STARTING]!--;
       this.pump(t.hash, again);
     }
     this.runReady(again);
@@ -155,22 +160,28 @@ export class KeyOrder {
 
   /** Admit queued commands at the head of `hash`'s queue; collect those now holding every key. */
   private pump(hash: number, ready: Ticket[]): void {
-    const e = this.table[hash & MASK];
+    const c = this.counts;
+    const stripe = hash & MASK;
+    const b = stripe << 2;
     // Admitted writes not yet run go first; runReady pumps again after them.
-    if (e === undefined || e.starting > 0) return;
-    while (e.queue.length > 0) {
-      const t = e.queue[0]!;
-      if (!admits(e, t.kind)) break;
-      e.queue.shift();
-      if (t.kind === READ) e.reads++;
-      else if (t.kind === EXCLUSIVE) e.exclusive++;
-      else e.starting++;
+    if (c[b + STARTING]! > 0) return;
+    const q = this.queues.get(stripe);
+    if (q === undefined) return;
+    while (q.length > 0) {
+      const t = q[0]!;
+      if (!admits(c, b, t.kind)) break;
+      q.shift();
+      c[b + QUEUED]!--;
+      if (t.kind === READ) c[b + READS]!++;
+      else if (t.kind === EXCLUSIVE) c[b + HELD]!++;
+      else c[b + STARTING]!++;
       if (--t.pending === 0) ready.push(t);
     }
+    if (q.length === 0) this.queues.delete(stripe);
   }
 }
 
-function admits(e: Entry, kind: Kind): boolean {
-  if (kind === READ) return e.exclusive === 0;
-  return e.reads === 0 && e.exclusive === 0;
+function admits(c: Int32Array, b: number, kind: Kind): boolean {
+  if (kind === READ) return c[b + HELD] === 0;
+  return c[b + READS] === 0 && c[b + HELD] === 0;
 }

@@ -192,11 +192,20 @@ export function md5Word(key: Uint8Array): number {
         X[j] = key[p]! | (key[p + 1]! << 8) | (key[p + 2]! << 16) | (key[p + 3]! << 24);
       }
     } else {
-      // The key's tail, then 0x80, then zeros: set byte by byte (a short key is one such block).
-      for (let j = 0; j < 16; j++) X[j] = 0;
-      const end = Math.min(len, off + 64);
-      for (let p = off; p < end; p++) X[(p - off) >> 2]! |= key[p]! << (((p - off) & 3) << 3);
-      if (len >= off) X[(len - off) >> 2]! |= 0x80 << (((len - off) & 3) << 3);
+      // The key's tail (whole words, then the last bytes), then 0x80, then zeros. A short key is
+      // one such block.
+      let j = 0;
+      let p = off;
+      for (; p + 4 <= len; p += 4) {
+        X[j++] = key[p]! | (key[p + 1]! << 8) | (key[p + 2]! << 16) | (key[p + 3]! << 24);
+      }
+      if (p <= len) {
+        // 0-3 key bytes and the 0x80 that follows them share this word.
+        let w = 0x80 << ((len - p) << 3);
+        for (let q = len - 1; q >= p; q--) w |= key[q]! << ((q - p) << 3);
+        X[j++] = w;
+      }
+      while (j < 16) X[j++] = 0;
     }
     if (blk === blocks - 1) {
       // Length in bits, as a 64-bit little-endian integer.

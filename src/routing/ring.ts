@@ -21,11 +21,20 @@ export interface RingNode {
   weight: number;
 }
 
+/** Hash bits below the bucket index (4096 buckets). */
+const BUCKET_SHIFT = 20;
+
 export class Ring {
   /** Continuum point values, ascending. */
   private readonly points: Uint32Array;
   /** Node index owning each point. */
   private readonly owners: Uint16Array;
+  /**
+   * For each of 4096 equal slices of the hash space, the index of its first
+   * point (points.length when none is left): a lookup then scans a point or
+   * two instead of a binary search's dozen unpredictable branches.
+   */
+  private readonly buckets: Uint32Array;
   private readonly nodeCount: number;
   /** Replica order starting at each point, filled in on first use. */
   private readonly orders: (Uint16Array | undefined)[];
@@ -65,6 +74,10 @@ export class Ring {
       this.points[i] = p.value;
       this.owners[i] = index.get(p.server)!;
     });
+    // The first point at or after the start of each bucket of the hash space.
+    this.buckets = new Uint32Array(1 << (32 - BUCKET_SHIFT));
+    for (let b = 0; b < this.buckets.length; b++)
+      this.buckets[b] = this.search(b * 2 ** BUCKET_SHIFT);
     this.nodeCount = nodes.length;
     this.orders = new Array<Uint16Array | undefined>(continuum.length).fill(undefined);
     this.sets = new Array<Uint16Array | undefined>(continuum.length).fill(undefined);
@@ -77,6 +90,15 @@ export class Ring {
 
   /** Index of the first point at or after `h`, wrapping to 0. */
   private find(h: number): number {
+    // Start from the first point of h's bucket: usually it, or the one after it, is the answer.
+    let i = this.buckets[h >>> BUCKET_SHIFT]!;
+    const points = this.points;
+    while (i < points.length && points[i]! < h) i++;
+    return i === points.length ? 0 : i;
+  }
+
+  /** Index of the first point at or after `h`, or points.length: a binary search (for buckets). */
+  private search(h: number): number {
     let lo = 0;
     let hi = this.points.length;
     while (lo < hi) {
@@ -84,7 +106,7 @@ export class Ring {
       if (this.points[mid]! < h) lo = mid + 1;
       else hi = mid;
     }
-    return lo === this.points.length ? 0 : lo;
+    return lo;
   }
 
   /**

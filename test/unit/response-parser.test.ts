@@ -501,7 +501,10 @@ describe('ResponseParser: expectations queue and memory', () => {
     const { parser, replies } = recordReplies([L, V, V, V]);
     parser.push(input);
     expect(replies.slice(1).map((r) => r.raw.toString('latin1'))).to.deep.equal(whole);
-    for (const r of replies) expect(r.raw.buffer).to.equal(input.buffer);
+    // Replies with values are views of the input; an empty one may be the shared END bytes.
+    for (const r of replies) {
+      if ((r.values?.length ?? 0) > 0) expect(r.raw.buffer).to.equal(input.buffer);
+    }
     // Split at every byte: a reply cut by the split has no raw, one that is not keeps it.
     for (let cut = 1; cut < input.length; cut++) {
       const rec = recordReplies([L, V, V, V]);

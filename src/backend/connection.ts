@@ -3,10 +3,13 @@
  *
  * Contract: `send()` writes a request and calls its callback exactly once,
  * with the reply or a BackendError. Replies are matched to requests FIFO.
- * Writes made in one event-loop turn go out in one corked batch: the uncork
- * runs in setImmediate, after every socket callback of the poll phase, so the
- * requests of all clients read in that turn share one writev per connection
- * (process.nextTick would flush after each client's callback instead). A request that waits
+ * Writes made in one event-loop turn go out together: they are written in
+ * setImmediate, after every socket callback of the poll phase, so the
+ * requests of all clients read in that turn share one write per connection
+ * (process.nextTick would flush after each client's callback instead). Short
+ * requests (a get line, a set's command line) are copied into a staging
+ * buffer as they come, so a turn's gets are one chunk, not one stream write
+ * each; longer pieces (values) are written as they are. A request that waits
  * longer than the request timeout, a reply that cannot be matched, or a
  * socket error destroys the connection and fails everything in flight on it
  * (memcached's proxy does the same in _reset_bad_backend): after any of those
@@ -39,8 +42,13 @@ export interface ConnectionEvents {
   onResult(err: BackendError | null): void;
 }
 
-/** Connections corked this turn, flushed together in the check phase. */
-const corkedThisTurn = new TurnQueue<BackendConnection>((c) => c.flush());
+/** Connections with requests queued this turn, flushed together in the check phase. */
+const queuedThisTurn = new TurnQueue<BackendConnection>((c) => c.flush());
+
+/** Pieces up to this size are copied into the staging buffer; longer ones are written as is. */
+const COPY_MAX = 256;
+/** Size of a staging buffer. Its bytes are never reused: a full one is replaced, not rewound. */
+const STAGE_SIZE = 64 * 1024;
 
 /** All live connections, swept for timeouts by one shared timer. */
 const live = new Set<BackendConnection>();
@@ -62,7 +70,13 @@ export class BackendConnection {
   private deadlines = new Float64Array(64);
   private head = 0;
   private count = 0;
-  private corked = false;
+  private queued = false;
+  /** What flush() writes, in order: runs of the staging buffer and long pieces. */
+  private readonly out: Buffer[] = [];
+  private stage: Buffer | null = null;
+  private stageAt = 0;
+  /** Start of the staged run not yet in `out`. */
+  private runStart = 0;
   private connected = false;
   private closed = false;
   private readonly connectTimer: NodeJS.Timeout;
@@ -131,15 +145,14 @@ export class BackendConnection {
       queueMicrotask(() => cb(err, null));
       return;
     }
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      corkedThisTurn.add(this);
+    if (!this.queued) {
+      this.queued = true;
+      queuedThisTurn.add(this);
     }
     if (Buffer.isBuffer(data)) {
-      this.socket.write(data);
+      this.queue(data);
     } else {
-      for (const b of data) this.socket.write(b);
+      for (const b of data) this.queue(b);
     }
     this.parser.expect(expect);
     this.push(cb, performance.now() + this.options.requestTimeoutMs);
@@ -173,10 +186,50 @@ export class BackendConnection {
     }
   }
 
+  /** Write what this turn queued. */
   flush(): void {
-    if (this.corked) {
-      this.corked = false;
+    this.queued = false;
+    this.endRun();
+    const out = this.out;
+    if (out.length === 0) return;
+    if (this.closed) {
+      out.length = 0;
+      return;
+    }
+    if (out.length === 1) {
+      this.socket.write(out[0]!);
+    } else {
+      this.socket.cork();
+      for (const b of out) this.socket.write(b);
       this.socket.uncork();
+    }
+    out.length = 0;
+  }
+
+  private queue(b: Buffer): void {
+    const n = b.length;
+    if (n > COPY_MAX) {
+      this.endRun();
+      this.out.push(b);
+      return;
+    }
+    let stage = this.stage;
+    if (stage === null || this.stageAt + n > stage.length) {
+      this.endRun();
+      stage = this.stage = Buffer.allocUnsafeSlow(STAGE_SIZE);
+      this.stageAt = this.runStart = 0;
+    }
+    const at = this.stageAt;
+    // A loop beats a native copy call for a few dozen bytes.
+    for (let i = 0; i < n; i++) stage[at + i] = b[i]!;
+    this.stageAt = at + n;
+  }
+
+  /** Close the staged run: it goes out as one chunk, and its bytes are never written again. */
+  private endRun(): void {
+    if (this.stageAt > this.runStart) {
+      this.out.push(this.stage!.subarray(this.runStart, this.stageAt));
+      this.runStart = this.stageAt;
     }
   }
 

@@ -22,6 +22,7 @@ import {
   type SideBySide,
   startCluster,
   startSideBySide,
+  statsOf,
 } from '../helpers/proxy.js';
 
 const CAS_SHIFT = 56n;
@@ -1412,5 +1413,303 @@ describe('config: listen port 0', function () {
       replicas: 1,
     });
     expect(config.listen.port).to.equal(0);
+  });
+});
+
+// --------------------------------------------------------------------------
+
+/** One reply as collectReplies parsed it: its VALUE blocks, its last line and its exact text. */
+interface WireReply {
+  values: { key: string; flags: number; data: string }[];
+  line: string;
+  text: string;
+  /** The bytes did not parse: nothing after this reply can be trusted. */
+  bad: boolean;
+}
+
+/**
+ * The reply starting at `at` (VALUE <key> <flags> <bytes>[ <cas>]\r\n<data>\r\n ... then
+ * a line: END, STORED, an error, ...), or null while it is incomplete.
+ */
+function parseReplyAt(buf: Buffer, at: number): { reply: WireReply; next: number } | null {
+  const values: WireReply['values'] = [];
+  const bad = (why: string): { reply: WireReply; next: number } => ({
+    reply: { values, line: why, text: buf.toString('latin1', at, at + 300), bad: true },
+    next: buf.length,
+  });
+  let p = at;
+  for (;;) {
+    const eol = buf.indexOf('\r\n', p, 'latin1');
+    if (eol < 0) return null;
+    const line = buf.toString('latin1', p, eol);
+    if (!line.startsWith('VALUE ')) {
+      const text = buf.toString('latin1', at, eol + 2);
+      return { reply: { values, line, text, bad: false }, next: eol + 2 };
+    }
+    const m = /^VALUE (\S+) (\d+) (\d+)(?: \d+)?$/.exec(line);
+    if (m === null) return bad(`malformed VALUE line ${JSON.stringify(line.slice(0, 300))}`);
+    const end = eol + 2 + Number(m[3]);
+    if (buf.length < end + 2) return null;
+    if (buf[end] !== 0x0d || buf[end + 1] !== 0x0a) return bad('data block not ended by \\r\\n');
+    values.push({ key: m[1]!, flags: Number(m[2]), data: buf.toString('latin1', eol + 2, end) });
+    p = end + 2;
+  }
+}
+
+/**
+ * Write `bytes` in one socket write and parse replies as they arrive until `want`
+ * of them are complete (or one does not parse), failing after `ms`.
+ */
+async function collectReplies(
+  client: MemcacheClient,
+  bytes: Buffer,
+  want: number,
+  ms = 5000,
+): Promise<WireReply[]> {
+  const replies: WireReply[] = [];
+  let at = 0;
+  // readRaw hands back everything received since it was called, so parsing resumes at `at`.
+  const done = client.readRaw((buf) => {
+    while (replies.length < want) {
+      const r = parseReplyAt(buf, at);
+      if (r === null) return -1;
+      replies.push(r.reply);
+      at = r.next;
+      if (r.reply.bad) return buf.length;
+    }
+    return at;
+  }, ms);
+  client.send(bytes);
+  try {
+    await done;
+  } catch (err) {
+    const last = replies.at(-1);
+    throw new Error(
+      `${replies.length} of ${want} replies within ${ms} ms` +
+        (last === undefined ? '' : ` (last: ${clip(last.text)})`) +
+        `: ${String(err).slice(0, 300)}`,
+      { cause: err },
+    );
+  }
+  return replies;
+}
+
+function clip(s: string): string {
+  return JSON.stringify(
+    s.length > 240 ? `${s.slice(0, 160)}...(${s.length} bytes)...${s.slice(-40)}` : s,
+  );
+}
+
+/** Compare replies one by one; the first difference fails with the command it answers. */
+function expectReplies(got: WireReply[], want: readonly string[], what: readonly string[]): void {
+  for (let i = 0; i < want.length; i++) {
+    const g = got[i];
+    if (g === undefined) expect.fail(`no reply ${i} (to ${what[i]}), ${got.length} in all`);
+    if (g.bad || g.text !== want[i]) {
+      expect.fail(
+        `reply ${i} (to ${what[i]}) is ${clip(g.bad ? g.line : g.text)}, expected ${clip(want[i]!)}`,
+      );
+    }
+  }
+  expect(got.length, 'replies').to.equal(want.length);
+}
+
+/** `n` bytes naming `tag`, so a value delivered for the wrong request shows. */
+function valueNamed(tag: string, n: number): string {
+  const unit = `${tag}.`;
+  return unit.repeat(Math.ceil(n / unit.length)).slice(0, n);
+}
+
+function valueReply(key: string, flags: number, value: string): string {
+  return `VALUE ${key} ${flags} ${value.length}\r\n${value}\r\nEND\r\n`;
+}
+
+describe('proxy: backend write staging (short pieces copied, long ones queued, order kept)', function () {
+  // One connection per node, so every request for a node goes through one staging buffer; a
+  // request timeout long enough for a few MB pipelined at once.
+  let c: Cluster;
+  let s: MemcacheClient;
+  /** Keys read in every mixed pipeline, set in before(); primary node 0, backup node 1. */
+  const anchors: { key: string; flags: number; value: string }[] = [];
+
+  /** Counters that move when a backend stream goes wrong, even if a replica hides it. */
+  const WATCHED = [
+    'get_misses',
+    'proxy_failover_reads',
+    'proxy_read_repairs',
+    'proxy_replication_failures',
+    'proxy_unavailable',
+    'proxy_backend_timeouts',
+    'proxy_backend_errors',
+  ];
+  async function counters(): Promise<Record<string, string | undefined>> {
+    const st = await statsOf(s);
+    return Object.fromEntries(WATCHED.map((n) => [n, st.get(n)]));
+  }
+  /** A replica may hide a corrupted request (failover): the counters must not have moved. */
+  async function expectCountersUnchanged(
+    before: Record<string, string | undefined>,
+  ): Promise<void> {
+    const after = await counters();
+    expect(JSON.stringify(after), 'proxy stats moved').to.equal(JSON.stringify(before));
+  }
+
+  before(async function () {
+    c = await startCluster({ backend: { connections: 1 }, timeouts: { requestMs: 3000 } });
+    s = await MemcacheClient.connect(c.port);
+    for (let i = 0; i < 4; i++) {
+      const key = keyOn(c, `stg:anchor${i}`, 0, 1);
+      const value = valueNamed(`anchor${i}`, [3, 40, 250, 900][i]!);
+      anchors.push({ key, flags: 100 + i, value });
+      expect(await s.command(`set ${key} ${100 + i} 0 ${value.length}`, value)).to.equal(
+        'STORED\r\n',
+      );
+    }
+  });
+
+  after(async function () {
+    s?.close();
+    await c?.stop();
+  });
+
+  /**
+   * One client's pipeline mixing requests that are staged and requests that are not, all for
+   * keys on nodes 0 and 1: per value size, a set and a get of its key, a get of an anchor, a
+   * noreply set (forwarded in three pieces: line, CRLF, data) and a get of its key, another
+   * anchor. Sizes straddle the copy limit for the set request as a whole (255-257 bytes) and
+   * for the noreply set's data piece (value 254/255 + CRLF).
+   */
+  function mixedPipeline(id: string): { script: Buffer; want: string[]; what: string[] } {
+    const sizes = [0, 1, 200, 253, 254, 255, 256, 257, 300, 5000, 70000];
+    const parts: string[] = [];
+    const want: string[] = [];
+    const what: string[] = [];
+    const steps = sizes.map((n) => ({ n, whole: 0 }));
+    for (const whole of [255, 256, 257]) steps.push({ n: -1, whole });
+    steps.forEach((step, i) => {
+      const sk = keyOn(c, `stg:${id}:s${i}`, 0, 1);
+      const nk = keyOn(c, `stg:${id}:n${i}`, 0, 1);
+      const flags = i * 7 + 1;
+      let n = step.n;
+      if (n < 0) {
+        // The size that makes the whole set request exactly `whole` bytes.
+        for (n = 0; `set ${sk} ${flags} 0 ${n}\r\n`.length + n + 2 !== step.whole; n++) {
+          if (n > 256) throw new Error('no such size');
+        }
+      }
+      const v = valueNamed(`${id}s${i}`, n);
+      const w = valueNamed(`${id}n${i}`, n);
+      const a = anchors[i % anchors.length]!;
+      const b = anchors[(i + 1) % anchors.length]!;
+      parts.push(`set ${sk} ${flags} 0 ${n}\r\n${v}\r\n`);
+      want.push('STORED\r\n');
+      what.push(`set ${sk} (${n} bytes)`);
+      parts.push(`get ${a.key}\r\n`);
+      want.push(valueReply(a.key, a.flags, a.value));
+      what.push(`get ${a.key}`);
+      parts.push(`get ${sk}\r\n`);
+      want.push(valueReply(sk, flags, v));
+      what.push(`get ${sk}`);
+      parts.push(`set ${nk} ${flags + 1} 0 ${n} noreply\r\n${w}\r\n`);
+      parts.push(`get ${b.key}\r\n`);
+      want.push(valueReply(b.key, b.flags, b.value));
+      what.push(`get ${b.key}`);
+      parts.push(`get ${nk}\r\n`);
+      want.push(valueReply(nk, flags + 1, w));
+      what.push(`get ${nk} (after a noreply set of ${n} bytes)`);
+    });
+    return { script: Buffer.from(parts.join(''), 'latin1'), want, what };
+  }
+
+  it('4000 gets pipelined in one write get every value in order (staging buffers roll over mid-turn)', async function () {
+    // Keys of 40-230 bytes (get lines up to 236 bytes, all staged) with primary node 0: one
+    // client turn puts over 64 KiB of get lines on that node's one connection.
+    const ring = ringOf(c);
+    const keys: string[] = [];
+    for (let i = 0; keys.length < 4000; i++) {
+      const head = `stg:roll:${i}:`;
+      const k = head + valueNamed(String(i % 97), 40 + ((i * 37) % 191) - head.length);
+      if (ring.order(Buffer.from(k, 'latin1'))[0] === 0) keys.push(k);
+    }
+    const values = keys.map((_, i) => valueNamed(`v${i}`, 5 + ((i * 13) % 60)));
+    const flagsOf = (i: number): number => (i * 31) % 65536;
+    // Stored straight on both replicas, so the proxy's writes play no part before the gets.
+    for (let node = 0; node < c.nodes.length; node++) {
+      const d = await direct(c.nodes[node]!);
+      try {
+        for (let i = 0; i < keys.length; i += 500) {
+          const batch: [string, string][] = [];
+          for (let j = i; j < Math.min(i + 500, keys.length); j++) {
+            if (!ring.order(Buffer.from(keys[j]!, 'latin1')).slice(0, 2).includes(node)) continue;
+            batch.push([`set ${keys[j]} ${flagsOf(j)} 0 ${values[j]!.length}`, values[j]!]);
+          }
+          const got = await d.pipeline(batch);
+          expect(
+            got.filter((r) => r !== 'STORED\r\n'),
+            `node ${node} sets ${i}..`,
+          ).to.deep.equal([]);
+        }
+      } finally {
+        d.close();
+      }
+    }
+
+    const before = await counters();
+    const client = await MemcacheClient.connect(c.port);
+    try {
+      const script = Buffer.from(keys.map((k) => `get ${k}\r\n`).join(''), 'latin1');
+      expect(script.length).to.be.greaterThan(4 * 64 * 1024);
+      const got = await collectReplies(client, script, keys.length);
+      expectReplies(
+        got,
+        keys.map((k, i) => valueReply(k, flagsOf(i), values[i]!)),
+        keys.map((k) => `get ${k}`),
+      );
+      // Nothing more arrives: the next reply is the next request's.
+      expect(await client.command('mn')).to.equal('MN\r\n');
+    } finally {
+      client.close();
+    }
+    await expectCountersUnchanged(before);
+  });
+
+  it('sets of values around the copy limit, noreply sets and gets in one write keep their order', async function () {
+    const before = await counters();
+    const client = await MemcacheClient.connect(c.port);
+    try {
+      const { script, want, what } = mixedPipeline('one');
+      const got = await collectReplies(client, script, want.length);
+      expectReplies(got, want, what);
+      expect(await client.command('mn')).to.equal('MN\r\n');
+    } finally {
+      client.close();
+    }
+    await expectCountersUnchanged(before);
+  });
+
+  it('20 clients writing such a pipeline at once each get their own replies in their order', async function () {
+    const before = await counters();
+    const clients = await Promise.all(
+      Array.from({ length: 20 }, () => MemcacheClient.connect(c.port)),
+    );
+    try {
+      const mixes = clients.map((_, i) => mixedPipeline(`c${i}`));
+      // Every client's bytes are written before any reply can be read: one proxy turn (or a few)
+      // stages the requests of many clients together.
+      const replies = await Promise.all(
+        clients.map((cl, i) => collectReplies(cl, mixes[i]!.script, mixes[i]!.want.length, 10000)),
+      );
+      replies.forEach((got, i) =>
+        expectReplies(
+          got,
+          mixes[i]!.want,
+          mixes[i]!.what.map((w) => `client ${i}: ${w}`),
+        ),
+      );
+      for (const cl of clients) expect(await cl.command('mn')).to.equal('MN\r\n');
+    } finally {
+      for (const cl of clients) cl.close();
+    }
+    await expectCountersUnchanged(before);
   });
 });

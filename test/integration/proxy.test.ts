@@ -1687,6 +1687,56 @@ describe('proxy: backend write staging (short pieces copied, long ones queued, o
     await expectCountersUnchanged(before);
   });
 
+  it('requests staged while an earlier write to the node is still pending keep their bytes', async function () {
+    // Node 0 is stopped, so 900 KB values fill its socket and the proxy's writes to it stay
+    // pending across turns; each turn also stages short requests for that node. Reusing the
+    // staging buffer while a write still holds it would send node 0 overwritten bytes.
+    const before = await counters();
+    const client = await MemcacheClient.connect(c.port);
+    const node0 = c.nodes[0]!;
+    node0.pause();
+    let paused = true;
+    try {
+      const turns: Buffer[] = [];
+      const want: string[] = [];
+      const what: string[] = [];
+      for (let t = 0; t < 8; t++) {
+        const parts: string[] = [];
+        const bk = keyOn(c, `stg:pend:${t}:big`, 0, 1);
+        const big = valueNamed(`big${t}`, 900 * 1024);
+        parts.push(`set ${bk} ${t} 0 ${big.length}\r\n${big}\r\n`);
+        want.push('STORED\r\n');
+        what.push(`set ${bk} (900 KB)`);
+        for (let i = 0; i < 20; i++) {
+          const k = keyOn(c, `stg:pend:${t}:${i}`, 0, 1);
+          const v = valueNamed(`t${t}i${i}`, 10 + i);
+          parts.push(`set ${k} ${i} 0 ${v.length}\r\n${v}\r\n`, `get ${k}\r\n`);
+          want.push('STORED\r\n', valueReply(k, i, v));
+          what.push(`set ${k}`, `get ${k}`);
+        }
+        parts.push(`get ${bk}\r\n`);
+        want.push(valueReply(bk, t, big));
+        what.push(`get ${bk}`);
+        turns.push(Buffer.from(parts.join(''), 'latin1'));
+      }
+      const replies = collectReplies(client, turns[0]!, want.length, 20000);
+      // Later writes arrive in later proxy turns, while node 0's socket is still full.
+      for (const turn of turns.slice(1)) {
+        await new Promise((r) => setTimeout(r, 30));
+        client.send(turn);
+      }
+      await new Promise((r) => setTimeout(r, 100));
+      node0.resume();
+      paused = false;
+      expectReplies(await replies, want, what);
+      expect(await client.command('mn')).to.equal('MN\r\n');
+    } finally {
+      if (paused) node0.resume();
+      client.close();
+    }
+    await expectCountersUnchanged(before);
+  });
+
   it('20 clients writing such a pipeline at once each get their own replies in their order', async function () {
     const before = await counters();
     const clients = await Promise.all(

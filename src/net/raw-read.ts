@@ -29,6 +29,7 @@ interface Fields {
 
 interface UserBufferHandle {
   useUserBuffer(buf: Uint8Array): void;
+  reading: boolean;
 }
 
 type Slots = Record<symbol, unknown>;
@@ -74,6 +75,8 @@ export function readRaw(socket: net.Socket, onChunk: (chunk: Buffer) => void): b
   if (fields === null || handle == null || typeof handle.useUserBuffer !== 'function') {
     return false;
   }
+  // Bytes already read (or a read under way) would go to 'data' listeners, not to onChunk.
+  if (socket.readableLength > 0 || handle.reading === true) return false;
   const slots = socket as unknown as Slots;
   const { buffer, callback } = rawReadOption(onChunk);
   slots[fields.buffer] = buffer;

@@ -39,6 +39,8 @@ const META_MAX_OPAQUE = 32;
 const ITEM_OVERHEAD = 48 + 8;
 const INT_MAX = 0x7fffffff;
 
+/** Pieces shorter than this are copied when kept across reads (see stash). */
+const SHARE_MAX = 4096;
 const LF = 0x0a;
 const CR = 0x0d;
 const SP = 0x20;
@@ -256,6 +258,13 @@ export class RequestParser {
 
   private stash(b: Buffer): void {
     if (b.length === 0) return;
+    // A short read comes from Buffer's shared 8 KiB pool (see raw-read.ts); a piece of it kept
+    // for a client that sits on half a command would keep the whole slab. Keep just the bytes.
+    if (b.length < SHARE_MAX && b.buffer.byteLength > b.length) {
+      const own = Buffer.allocUnsafeSlow(b.length);
+      b.copy(own);
+      b = own;
+    }
     this.parts.push(b);
     this.partsLength += b.length;
   }

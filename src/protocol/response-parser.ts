@@ -378,6 +378,7 @@ export class ResponseParser {
     if (i === b0 || i + 1 >= len || chunk[i] !== 0x0d || chunk[i + 1] !== 0x0a) return null;
     if (bytes > this.maxValue) return null;
     const header = i + 2 - pos;
+    if (header - 2 > this.maxLine) return null; // the general path ends the stream for it
     const dataEnd = i + 2 + bytes;
     if (dataEnd + 2 > len || chunk[dataEnd] !== 0x0d || chunk[dataEnd + 1] !== 0x0a) return null;
     const raw = chunk.subarray(pos, dataEnd + 2);

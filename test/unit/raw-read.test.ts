@@ -273,6 +273,18 @@ describe('raw-read', function () {
       expect(calls).to.equal(0);
       s.destroy();
     });
+    it('returns false for a socket that already reads (its bytes would go to data events)', async function () {
+      const f = await startServer({}); // no pauseOnConnect: Node starts reading at once
+      const c = await connect(f.port);
+      const s = await f.accepted();
+      const got: Buffer[] = [];
+      s.on('data', (d: Buffer) => got.push(d));
+      let calls = 0;
+      expect(readRaw(s, () => calls++)).to.equal(false);
+      c.write('still data events');
+      await waitFor(() => Buffer.concat(got).toString() === 'still data events', 'data events');
+      expect(calls).to.equal(0);
+    });
   });
 
   describe('rawReadOption', function () {

@@ -1257,3 +1257,18 @@ describe('RequestParser: pause and resume', function () {
     expect(seen).to.deep.equal(['set', 'get']);
   });
 });
+
+describe('RequestParser: memory', () => {
+  it('keeps a copy of just the bytes of an unfinished command, not the pooled read it came in', () => {
+    const parser = new RequestParser({ onRequest: () => {}, onError: () => {} });
+    // Buffer's pool serves short reads: this chunk is a view of a larger slab.
+    const chunk = Buffer.allocUnsafe(12);
+    chunk.write('get half-a-k', 'latin1');
+    expect(chunk.buffer.byteLength).to.be.greaterThan(chunk.length);
+    parser.push(chunk);
+    const parts = (parser as unknown as { parts: Buffer[] }).parts;
+    expect(parts).to.have.length(1);
+    expect(parts[0]!.toString('latin1')).to.equal('get half-a-k');
+    expect(parts[0]!.buffer.byteLength).to.equal(12);
+  });
+});

@@ -436,6 +436,14 @@ describe('ResponseParser: desync', () => {
       events: [desync('reply line too long')],
     },
     {
+      // The one-pass reading of a whole get reply must end the stream for it too.
+      name: 'an overlong VALUE line in a whole get reply',
+      expect: [V],
+      input: `VALUE kk 42 1\r\nd\r\nEND\r\n`,
+      options: { maxLine: 10 },
+      events: [desync('reply line too long')],
+    },
+    {
       name: 'an overlong line with no end yet',
       expect: [L],
       input: 'STORED'.repeat(20),

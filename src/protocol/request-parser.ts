@@ -39,8 +39,8 @@ const META_MAX_OPAQUE = 32;
 const ITEM_OVERHEAD = 48 + 8;
 const INT_MAX = 0x7fffffff;
 
-/** Pieces shorter than this are copied when kept across reads (see stash). */
-const SHARE_MAX = 4096;
+/** Pieces shorter than this may be views of Buffer's pool: copied when kept (see stash). */
+const SHARE_MAX = Buffer.poolSize >>> 1;
 const LF = 0x0a;
 const CR = 0x0d;
 const SP = 0x20;

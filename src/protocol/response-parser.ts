@@ -361,21 +361,15 @@ export class ResponseParser {
     while (i < limit && chunk[i]! > 0x20) i++;
     if (i === k0 || i >= limit || chunk[i] !== 0x20) return null;
     const k1 = i;
-    let flags = 0;
-    for (i = k1 + 1; i < len && i < k1 + 11; i++) {
-      const d = chunk[i]! - 0x30;
-      if (d < 0 || d > 9) break;
-      flags = flags * 10 + d;
-    }
-    if (i === k1 + 1 || i >= len || chunk[i] !== 0x20 || flags > 0xffffffff) return null;
+    // Flags and length read as parseValueHeader reads them, once their digits are found here.
+    i = digitsEnd(chunk, k1 + 1, Math.min(len, k1 + 11));
+    if (i === k1 + 1 || i >= len || chunk[i] !== 0x20) return null;
+    const flags = parseU32(chunk, k1 + 1, i);
+    if (flags === undefined) return null;
     const b0 = i + 1;
-    let bytes = 0;
-    for (i = b0; i < len && i < b0 + 10; i++) {
-      const d = chunk[i]! - 0x30;
-      if (d < 0 || d > 9) break;
-      bytes = bytes * 10 + d;
-    }
+    i = digitsEnd(chunk, b0, Math.min(len, b0 + 10));
     if (i === b0 || i + 1 >= len || chunk[i] !== 0x0d || chunk[i + 1] !== 0x0a) return null;
+    const bytes = parseLength(chunk, b0, i);
     if (bytes > this.maxValue) return null;
     const header = i + 2 - pos;
     if (header - 2 > this.maxLine) return null; // the general path ends the stream for it
@@ -557,6 +551,13 @@ export class ResponseParser {
     const key = raw.subarray(6, 6 + this.vKeyLength);
     this.current!.values!.push(new Value(raw, key, this.vFlags, headerLength, bytes, this.vCas));
   }
+}
+
+/** The end of the run of decimal digits in b[from, limit). */
+function digitsEnd(b: Buffer, from: number, limit: number): number {
+  let i = from;
+  while (i < limit && b[i]! >= 0x30 && b[i]! <= 0x39) i++;
+  return i;
 }
 
 /** A plain decimal length in text[from, end), ending there or at a space; -1 if malformed. */

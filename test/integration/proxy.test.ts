@@ -1554,6 +1554,27 @@ describe('proxy: backend write staging (short pieces copied, long ones queued, o
     expect(JSON.stringify(after), 'proxy stats moved').to.equal(JSON.stringify(before));
   }
 
+  /**
+   * Run `check` with `n` fresh clients; then each client's next reply must be its own (nothing
+   * extra arrived) and the counters must not have moved.
+   */
+  async function withClients(
+    n: number,
+    check: (clients: MemcacheClient[]) => Promise<void>,
+  ): Promise<void> {
+    const before = await counters();
+    const clients = await Promise.all(
+      Array.from({ length: n }, () => MemcacheClient.connect(c.port)),
+    );
+    try {
+      await check(clients);
+      for (const cl of clients) expect(await cl.command('mn')).to.equal('MN\r\n');
+    } finally {
+      for (const cl of clients) cl.close();
+    }
+    await expectCountersUnchanged(before);
+  }
+
   before(async function () {
     c = await startCluster({ backend: { connections: 1 }, timeouts: { requestMs: 3000 } });
     s = await MemcacheClient.connect(c.port);
@@ -1654,95 +1675,75 @@ describe('proxy: backend write staging (short pieces copied, long ones queued, o
       }
     }
 
-    const before = await counters();
-    const client = await MemcacheClient.connect(c.port);
-    try {
+    await withClients(1, async ([client]) => {
       const script = Buffer.from(keys.map((k) => `get ${k}\r\n`).join(''), 'latin1');
       expect(script.length).to.be.greaterThan(4 * 64 * 1024);
-      const got = await collectReplies(client, script, keys.length);
+      const got = await collectReplies(client!, script, keys.length);
       expectReplies(
         got,
         keys.map((k, i) => valueReply(k, flagsOf(i), values[i]!)),
         keys.map((k) => `get ${k}`),
       );
-      // Nothing more arrives: the next reply is the next request's.
-      expect(await client.command('mn')).to.equal('MN\r\n');
-    } finally {
-      client.close();
-    }
-    await expectCountersUnchanged(before);
+    });
   });
 
   it('sets of values around the copy limit, noreply sets and gets in one write keep their order', async function () {
-    const before = await counters();
-    const client = await MemcacheClient.connect(c.port);
-    try {
+    await withClients(1, async ([client]) => {
       const { script, want, what } = mixedPipeline('one');
-      const got = await collectReplies(client, script, want.length);
+      const got = await collectReplies(client!, script, want.length);
       expectReplies(got, want, what);
-      expect(await client.command('mn')).to.equal('MN\r\n');
-    } finally {
-      client.close();
-    }
-    await expectCountersUnchanged(before);
+    });
   });
 
   it('requests staged while an earlier write to the node is still pending keep their bytes', async function () {
     // Node 0 is stopped, so 900 KB values fill its socket and the proxy's writes to it stay
     // pending across turns; each turn also stages short requests for that node. Reusing the
     // staging buffer while a write still holds it would send node 0 overwritten bytes.
-    const before = await counters();
-    const client = await MemcacheClient.connect(c.port);
     const node0 = c.nodes[0]!;
-    node0.pause();
-    let paused = true;
-    try {
-      const turns: Buffer[] = [];
-      const want: string[] = [];
-      const what: string[] = [];
-      for (let t = 0; t < 8; t++) {
-        const parts: string[] = [];
-        const bk = keyOn(c, `stg:pend:${t}:big`, 0, 1);
-        const big = valueNamed(`big${t}`, 900 * 1024);
-        parts.push(`set ${bk} ${t} 0 ${big.length}\r\n${big}\r\n`);
-        want.push('STORED\r\n');
-        what.push(`set ${bk} (900 KB)`);
-        for (let i = 0; i < 20; i++) {
-          const k = keyOn(c, `stg:pend:${t}:${i}`, 0, 1);
-          const v = valueNamed(`t${t}i${i}`, 10 + i);
-          parts.push(`set ${k} ${i} 0 ${v.length}\r\n${v}\r\n`, `get ${k}\r\n`);
-          want.push('STORED\r\n', valueReply(k, i, v));
-          what.push(`set ${k}`, `get ${k}`);
+    await withClients(1, async ([client]) => {
+      node0.pause();
+      let paused = true;
+      try {
+        const turns: Buffer[] = [];
+        const want: string[] = [];
+        const what: string[] = [];
+        for (let t = 0; t < 8; t++) {
+          const parts: string[] = [];
+          const bk = keyOn(c, `stg:pend:${t}:big`, 0, 1);
+          const big = valueNamed(`big${t}`, 900 * 1024);
+          parts.push(`set ${bk} ${t} 0 ${big.length}\r\n${big}\r\n`);
+          want.push('STORED\r\n');
+          what.push(`set ${bk} (900 KB)`);
+          for (let i = 0; i < 20; i++) {
+            const k = keyOn(c, `stg:pend:${t}:${i}`, 0, 1);
+            const v = valueNamed(`t${t}i${i}`, 10 + i);
+            parts.push(`set ${k} ${i} 0 ${v.length}\r\n${v}\r\n`, `get ${k}\r\n`);
+            want.push('STORED\r\n', valueReply(k, i, v));
+            what.push(`set ${k}`, `get ${k}`);
+          }
+          parts.push(`get ${bk}\r\n`);
+          want.push(valueReply(bk, t, big));
+          what.push(`get ${bk}`);
+          turns.push(Buffer.from(parts.join(''), 'latin1'));
         }
-        parts.push(`get ${bk}\r\n`);
-        want.push(valueReply(bk, t, big));
-        what.push(`get ${bk}`);
-        turns.push(Buffer.from(parts.join(''), 'latin1'));
+        const replies = collectReplies(client!, turns[0]!, want.length, 20000);
+        // Later writes arrive in later proxy turns, while node 0's socket is still full.
+        for (const turn of turns.slice(1)) {
+          await new Promise((r) => setTimeout(r, 30));
+          client!.send(turn);
+        }
+        await new Promise((r) => setTimeout(r, 100));
+        node0.resume();
+        paused = false;
+        expectReplies(await replies, want, what);
+      } finally {
+        if (paused) node0.resume();
       }
-      const replies = collectReplies(client, turns[0]!, want.length, 20000);
-      // Later writes arrive in later proxy turns, while node 0's socket is still full.
-      for (const turn of turns.slice(1)) {
-        await new Promise((r) => setTimeout(r, 30));
-        client.send(turn);
-      }
-      await new Promise((r) => setTimeout(r, 100));
-      node0.resume();
-      paused = false;
-      expectReplies(await replies, want, what);
-      expect(await client.command('mn')).to.equal('MN\r\n');
-    } finally {
-      if (paused) node0.resume();
-      client.close();
-    }
-    await expectCountersUnchanged(before);
+    });
   });
 
   it('20 clients writing such a pipeline at once each get their own replies in their order', async function () {
-    const before = await counters();
-    const clients = await Promise.all(
-      Array.from({ length: 20 }, () => MemcacheClient.connect(c.port)),
-    );
-    try {
+    await withClients(20, async (clients) => {
       const mixes = clients.map((_, i) => mixedPipeline(`c${i}`));
       // Every client's bytes are written before any reply can be read: one proxy turn (or a few)
       // stages the requests of many clients together.
@@ -1756,10 +1757,6 @@ describe('proxy: backend write staging (short pieces copied, long ones queued, o
           mixes[i]!.what.map((w) => `client ${i}: ${w}`),
         ),
       );
-      for (const cl of clients) expect(await cl.command('mn')).to.equal('MN\r\n');
-    } finally {
-      for (const cl of clients) cl.close();
-    }
-    await expectCountersUnchanged(before);
+    });
   });
 });

@@ -175,6 +175,14 @@ function rssMB(pid) {
   });
 }
 
+/** The node flags of bin/msproxy.js's `#!/usr/bin/env -S node ...` line, so the benchmark runs msproxy as installed. */
+function binNodeFlags() {
+  const first = readFileSync(join(root, 'bin', 'msproxy.js'), 'utf8').split('\n', 1)[0];
+  const m = /^#!\S*env -S node(.*)$/.exec(first);
+  if (!m) throw new Error(`bin/msproxy.js: unexpected first line ${first}`);
+  return m[1].trim().split(/\s+/).filter(Boolean);
+}
+
 function loadgen(bin, port, extra) {
   return new Promise((resolve, reject) => {
     const [c, a] = pinned(1, bin, ['--port', String(port), ...extra]);
@@ -232,7 +240,7 @@ async function main() {
   const msproxy = start(
     0,
     process.execPath,
-    [join(root, 'bin', 'msproxy.js'), '--config', join(dir, 'msproxy.json')],
+    [...binNodeFlags(), join(root, 'bin', 'msproxy.js'), '--config', join(dir, 'msproxy.json')],
     {
       env: { ...process.env, UV_THREADPOOL_SIZE: '1' },
     },
@@ -246,7 +254,12 @@ async function main() {
     const mw = start(
       0,
       process.execPath,
-      [join(root, 'bin', 'msproxy.js'), '--config', join(dir, 'msproxy-workers.json')],
+      [
+        ...binNodeFlags(),
+        join(root, 'bin', 'msproxy.js'),
+        '--config',
+        join(dir, 'msproxy-workers.json'),
+      ],
       { env: { ...process.env, UV_THREADPOOL_SIZE: '1' } },
     );
     await waitPort(wport, 'msproxy workers');

@@ -19,6 +19,8 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
 const MAIN = fileURLToPath(new URL('./msproxy-main.ts', import.meta.url));
+/** The installed entry point (needs the build in dist/, which `npm ci` makes). */
+const BIN = fileURLToPath(new URL('../../bin/msproxy.js', import.meta.url));
 const START_MS = 15_000;
 const STOP_MS = 15_000;
 
@@ -58,24 +60,27 @@ export class ProxyProcess {
     return this.child.pid!;
   }
 
-  /** Run the CLI with `config` (an object, written to a file) and extra arguments. */
-  static spawn(config: unknown, args: string[] = []): ProxyProcess {
+  /**
+   * Run the CLI with `config` (an object, written to a file) and extra
+   * arguments. With `bin`, run bin/msproxy.js itself as an executable, as
+   * the installed `msproxy` command runs (through its `#!` line).
+   */
+  static spawn(config: unknown, args: string[] = [], bin = false): ProxyProcess {
     const dir = mkdtempSync(join(tmpdir(), 'msproxy-cfg-'));
     const file = join(dir, 'config.json');
     writeFileSync(file, JSON.stringify(config));
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx/esm', MAIN, '--config', file, ...args],
-      {
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
-    );
+    const stdio: ['ignore', 'pipe', 'pipe'] = ['ignore', 'pipe', 'pipe'];
+    const child = bin
+      ? spawn(BIN, ['--config', file, ...args], { stdio })
+      : spawn(process.execPath, ['--import', 'tsx/esm', MAIN, '--config', file, ...args], {
+          stdio,
+        });
     return new ProxyProcess(child);
   }
 
   /** Spawn and wait until it listens (throws with its log if it exits or takes too long). */
-  static async start(config: unknown): Promise<ProxyProcess> {
-    const p = ProxyProcess.spawn(config);
+  static async start(config: unknown, bin = false): Promise<ProxyProcess> {
+    const p = ProxyProcess.spawn(config, [], bin);
     const workers = (config as { workers?: number }).workers ?? 1;
     const line = await p.waitLog(
       (l) => l.msg === 'msproxy listening' && (workers === 1 || l['workers'] === workers),

@@ -8,6 +8,7 @@
  */
 
 import { expect } from 'chai';
+import { readFileSync } from 'node:fs';
 import { Ring } from '../../src/routing/ring.js';
 import { Memcached, sleep } from '../helpers/memcached.js';
 import { ProxyProcess } from '../helpers/proxy-process.js';
@@ -245,6 +246,38 @@ describe('workers: 2 (node:cluster)', function () {
 
 describe('workers: the CLI', function () {
   this.timeout(30_000);
+
+  it('the installed entry point runs node with its GC flag, in the primary and in every worker', async function () {
+    // bin/msproxy.js is run as the system runs `msproxy`: through its `#!/usr/bin/env -S node ...`
+    // line. The flag must reach node (a broken #! line would not start at all, or start without it),
+    // and node:cluster must pass it on to the workers.
+    const node = await Memcached.start();
+    const config = {
+      listen: '127.0.0.1:0',
+      nodes: [`127.0.0.1:${node.port}`],
+      replicas: 1,
+      workers: 2,
+      log: { level: 'info' },
+    };
+    const p = await ProxyProcess.start(config, true);
+    try {
+      const argv = (pid: number): string[] =>
+        readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0').filter(Boolean);
+      const primary = argv(p.pid);
+      expect(primary).to.include('--initial-old-space-size=64');
+      expect(primary.some((a) => a.endsWith('bin/msproxy.js'))).to.equal(true);
+      const kids = readFileSync(`/proc/${p.pid}/task/${p.pid}/children`, 'latin1')
+        .trim()
+        .split(/\s+/)
+        .filter(Boolean)
+        .map(Number);
+      expect(kids, 'worker processes').to.have.length(2);
+      for (const k of kids) expect(argv(k)).to.include('--initial-old-space-size=64');
+    } finally {
+      expect(await p.stop()).to.equal(0);
+      await node.kill();
+    }
+  });
 
   it('--check reports the workers; a port in use makes the primary exit 1', async function () {
     const node = await Memcached.start();

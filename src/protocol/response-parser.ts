@@ -28,7 +28,8 @@ export class Value {
   constructor(
     /** Header line, data block and its \r\n, as received. */
     readonly raw: Buffer,
-    readonly key: Buffer,
+    /** The key is raw[6, 6 + keyLength) ("VALUE <key> ..."): no view is made unless asked for. */
+    readonly keyLength: number,
     readonly flags: number,
     /** Offset of the data block in `raw`. */
     readonly dataOffset: number,
@@ -39,6 +40,19 @@ export class Value {
 
   get data(): Buffer {
     return this.raw.subarray(this.dataOffset, this.dataOffset + this.bytes);
+  }
+
+  get key(): Buffer {
+    return this.raw.subarray(6, 6 + this.keyLength);
+  }
+
+  /** Whether the key is `key`, byte for byte (a view per value was most of a hit's allocations). */
+  keyIs(key: Uint8Array): boolean {
+    const n = key.length;
+    if (n !== this.keyLength) return false;
+    const raw = this.raw;
+    for (let i = 0; i < n; i++) if (raw[6 + i] !== key[i]) return false;
+    return true;
   }
 }
 
@@ -116,17 +130,6 @@ export function isErrorLine(line: Buffer): boolean {
 export function startsWith(buf: Buffer, lit: string): boolean {
   if (buf.length < lit.length) return false;
   for (let i = 0; i < lit.length; i++) if (buf[i] !== lit.charCodeAt(i)) return false;
-  return true;
-}
-
-/**
- * Whether two byte strings are equal. For keys (at most 250 bytes) a loop
- * here costs less than Buffer#equals, which calls into C++.
- */
-export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  const n = a.length;
-  if (n !== b.length) return false;
-  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return false;
   return true;
 }
 
@@ -376,7 +379,7 @@ export class ResponseParser {
     const dataEnd = i + 2 + bytes;
     if (dataEnd + 2 > len || chunk[dataEnd] !== 0x0d || chunk[dataEnd + 1] !== 0x0a) return null;
     const raw = chunk.subarray(pos, dataEnd + 2);
-    return new Value(raw, raw.subarray(6, k1 - pos), flags, header, bytes, undefined);
+    return new Value(raw, k1 - pos - 6, flags, header, bytes, undefined);
   }
 
   private stash(b: Buffer): void {
@@ -548,8 +551,9 @@ export class ResponseParser {
       this.complete(r);
       return;
     }
-    const key = raw.subarray(6, 6 + this.vKeyLength);
-    this.current!.values!.push(new Value(raw, key, this.vFlags, headerLength, bytes, this.vCas));
+    this.current!.values!.push(
+      new Value(raw, this.vKeyLength, this.vFlags, headerLength, bytes, this.vCas),
+    );
   }
 }
 

@@ -48,7 +48,6 @@ import {
   type Reply,
   type Value,
   equals,
-  sameBytes,
   startsWith,
 } from '../protocol/response-parser.js';
 import type { Stats } from '../stats.js';
@@ -366,7 +365,7 @@ export class Router {
       } else if (!r!.isError) {
         const values = r!.values!;
         const v = values[0];
-        if (v !== undefined && values.length === 1 && sameBytes(v.key, key)) {
+        if (v !== undefined && values.length === 1 && v.keyIs(key)) {
           this.stats.getHits++;
           let out: Out;
           if (req.cmd === 'gets' && this.encodeCas) {
@@ -501,7 +500,7 @@ export class Router {
           let p = 0;
           for (const i of group) {
             const v = values[p];
-            if (v !== undefined && sameBytes(v.key, keys[i]!)) {
+            if (v !== undefined && v.keyIs(keys[i]!)) {
               p++;
               results[i] = withCas ? this.rewriteValueCas(v, node) : v.raw;
               this.stats.getHits++;

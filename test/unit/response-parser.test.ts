@@ -549,6 +549,30 @@ describe('ResponseParser: expectations queue and memory', () => {
     expect(vaReply.data.toString()).to.equal('hi');
   });
 
+  it('Value.keyIs matches its key byte for byte, on the one-pass and the general path', () => {
+    const keys = ['k', 'key', 'kez', 'ke', 'keyy', 'K', '\u00ffk'];
+    const input = Buffer.concat([
+      Buffer.from(`${block('key', 0, 'v')}`, 'latin1'),
+      Buffer.from(`${block('\u00ffk', 1, 'vv')}`, 'latin1'),
+      bytes('END\r\n'),
+    ]);
+    for (const split of [
+      [input],
+      ...byteByByte(input).chunks.map((_, i) => [input.subarray(0, i), input.subarray(i)]),
+    ]) {
+      const { parser, replies } = recordReplies([V]);
+      for (const c of split) parser.push(c);
+      const [a, b] = replies[0]!.values!;
+      for (const k of keys) {
+        const kb = Buffer.from(k, 'latin1');
+        expect(a!.keyIs(kb), k).to.equal(k === 'key');
+        expect(b!.keyIs(kb), k).to.equal(k === '\u00ffk');
+      }
+      expect(a!.key.toString('latin1')).to.equal('key');
+      expect(b!.key.toString('latin1')).to.equal('\u00ffk');
+    }
+  });
+
   it('when a value spans chunks, its key and data are views into its own raw copy', () => {
     const input = bytes(
       `${block('key', 3, 'hello\r\nworld', '7')}${block('k2', 0, 'x')}END\r\nVA 5\r\nabcde\r\n`,

@@ -10,7 +10,7 @@
  * Why: a stream read costs a 64 KiB allocation shrunk to the bytes read, an
  * ArrayBuffer and its GC bookkeeping, and the Readable push/emit path. Node's
  * `onread` option reads into one buffer instead, and a copy of a short
- * request comes from Buffer's pool. Node offers `onread` only to sockets it
+ * read comes from a shared slab (SHARED_COPY_MAX). Node offers `onread` only to sockets it
  * connects itself; an accepted socket gets it through the same three fields
  * the option sets (found on a probe socket, not hard-coded), before its first
  * read (the server must use `pauseOnConnect`).
@@ -36,6 +36,36 @@ type Slots = Record<symbol, unknown>;
 
 const READ_SIZE = 64 * 1024;
 const scratch = Buffer.allocUnsafe(READ_SIZE);
+
+/**
+ * Reads up to this size are copied into a shared 64 KiB slab; longer ones get
+ * a buffer of their own. Whoever keeps a short piece of a read for long
+ * should copy it (see RequestParser's stash), or it keeps the whole slab.
+ * Why not Buffer's own 8 KiB pool: under a set-heavy load (requests of 1-4
+ * KiB) it needs a new ArrayBuffer every few reads, and each is an external
+ * allocation for V8 to track and sweep.
+ */
+export const SHARED_COPY_MAX = 16 * 1024;
+const SLAB_SIZE = 64 * 1024;
+let slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
+let slabAt = 0;
+
+/** A copy of the first `n` bytes of the shared read buffer. */
+function copyRead(n: number): Buffer {
+  if (n > SHARED_COPY_MAX) {
+    const own = Buffer.allocUnsafeSlow(n);
+    scratch.copy(own, 0, 0, n);
+    return own;
+  }
+  if (slabAt + n > SLAB_SIZE) {
+    slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
+    slabAt = 0;
+  }
+  const at = slabAt;
+  scratch.copy(slab, at, 0, n);
+  slabAt = (at + n + 7) & ~7; // 8-byte aligned, as Buffer's pool does
+  return slab.subarray(at, at + n);
+}
 
 function findFields(): Fields | null {
   try {
@@ -93,10 +123,9 @@ export function rawReadOption(onChunk: (chunk: Buffer) => void): {
 } {
   return {
     buffer: scratch,
-    callback: (n: number, buf: Uint8Array): boolean => {
-      const chunk = Buffer.allocUnsafe(n);
-      chunk.set(buf.subarray(0, n));
-      onChunk(chunk);
+    // The read is always in `scratch` (the buffer given here).
+    callback: (n: number): boolean => {
+      onChunk(copyRead(n));
       // false would stop reading: readers pause with socket.pause() instead.
       return true;
     },

@@ -10,6 +10,7 @@
  * pushed chunks; bytes are copied only when a command spans chunks.
  */
 
+import { SHARED_COPY_MAX } from '../net/raw-read.js';
 import { decodeKey } from './base64.js';
 import { parseI32, parseU32, parseU64 } from './numbers.js';
 import { type Command, ProtocolError, Request } from './request.js';
@@ -39,8 +40,8 @@ const META_MAX_OPAQUE = 32;
 const ITEM_OVERHEAD = 48 + 8;
 const INT_MAX = 0x7fffffff;
 
-/** Pieces shorter than this may be views of Buffer's pool: copied when kept (see stash). */
-const SHARE_MAX = Buffer.poolSize >>> 1;
+/** Pieces shorter than this may be views of a shared slab: copied when kept (see stash). */
+const SHARE_MAX = Math.max(SHARED_COPY_MAX, Buffer.poolSize >>> 1);
 const LF = 0x0a;
 const CR = 0x0d;
 const SP = 0x20;
@@ -258,8 +259,9 @@ export class RequestParser {
 
   private stash(b: Buffer): void {
     if (b.length === 0) return;
-    // A short read comes from Buffer's shared 8 KiB pool (see raw-read.ts); a piece of it kept
-    // for a client that sits on half a command would keep the whole slab. Keep just the bytes.
+    // A short read is a view of a shared slab (raw-read.ts; Buffer's pool for 'data' reads); a
+    // piece of it kept for a client that sits on half a command would keep the whole slab. Keep
+    // just the bytes.
     if (b.length < SHARE_MAX && b.buffer.byteLength > b.length) {
       const own = Buffer.allocUnsafeSlow(b.length);
       b.copy(own);

@@ -212,6 +212,31 @@ describe('raw-read', function () {
       expect(a.dataEvents + b.dataEvents, "'data' events").to.equal(0);
     });
 
+    it('short reads share a slab without overlapping: kept chunks keep their bytes as it rolls over', async function () {
+      const f = await startServer({ pauseOnConnect: true });
+      const client = await connect(f.port);
+      const side = attachRaw(await f.accepted());
+      // One write at a time, each awaited, so each arrives as one read. Sizes around the
+      // shared-copy limit (16 KiB) and small ones, 300 KiB in all: several 64 KiB slabs.
+      const sizes = [1, 7, 8, 9, 16383, 16384, 16385, 65536];
+      for (let x = 99; sizes.length < 60;) {
+        x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+        sizes.push(1 + (x % 9000));
+      }
+      const sent: Buffer[] = [];
+      let total = 0;
+      for (let i = 0; i < sizes.length; i++) {
+        const b = pattern(sizes[i]!, i + 1);
+        sent.push(b);
+        total += b.length;
+        client.write(b);
+        await waitFor(() => length(side.chunks) >= total, `write ${i}`);
+      }
+      // Every chunk is checked after all the reads: none was overwritten by a later one.
+      expectSameBytes(side.bytes(), Buffer.concat(sent), 'all bytes after all reads');
+      expect(side.chunks.length, 'one read per write').to.be.at.least(sizes.length);
+    });
+
     it('stops delivering on pause() and delivers again on resume()', async function () {
       const f = await startServer({ pauseOnConnect: true });
       const client = await connect(f.port);

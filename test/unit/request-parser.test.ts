@@ -1271,4 +1271,18 @@ describe('RequestParser: memory', () => {
     expect(parts[0]!.toString('latin1')).to.equal('get half-a-k');
     expect(parts[0]!.buffer.byteLength).to.equal(12);
   });
+
+  it('copies an unfinished value of a short read out of the 64 KiB slab raw reads share', () => {
+    const parser = new RequestParser({ onRequest: () => {}, onError: () => {} });
+    // A 10 KiB read as raw-read.ts hands it out: a view of a shared 64 KiB slab.
+    const slab = Buffer.alloc(64 * 1024);
+    const head = 'set k 0 0 20000\r\n';
+    const chunk = slab.subarray(100, 100 + 10 * 1024);
+    chunk.write(head, 'latin1');
+    parser.push(chunk);
+    const parts = (parser as unknown as { parts: Buffer[] }).parts;
+    const kept = parts.reduce((n, p) => n + p.length, 0);
+    expect(kept, 'the command so far, header included').to.equal(10 * 1024);
+    for (const p of parts) expect(p.buffer.byteLength, 'kept bytes').to.equal(p.length);
+  });
 });

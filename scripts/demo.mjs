@@ -36,13 +36,10 @@ writeFileSync(
     replicas: 2,
   }),
 );
-const proxy = spawn(
-  process.execPath,
-  [new URL('../bin/msproxy.js', import.meta.url).pathname, '--config', config],
-  {
-    stdio: 'inherit',
-  },
-);
+// Run through its #! line, as the installed `msproxy` runs (with its node flags).
+const proxy = spawn(new URL('../bin/msproxy.js', import.meta.url).pathname, ['--config', config], {
+  stdio: 'inherit',
+});
 children.push(proxy);
 // Show it working: write a session through the proxy and read it back.
 function tryIt(attempt = 0) {

@@ -40,8 +40,21 @@ const META_MAX_OPAQUE = 32;
 const ITEM_OVERHEAD = 48 + 8;
 const INT_MAX = 0x7fffffff;
 
-/** Pieces shorter than this may be views of a shared slab: copied when kept (see stash). */
+/** Pieces up to this size may be views of a shared slab: copied when kept (see kept()). */
 const SHARE_MAX = Math.max(SHARED_COPY_MAX, Buffer.poolSize >>> 1);
+
+/**
+ * `b` to hold beyond this read: a short read is a view of a shared slab
+ * (raw-read.ts; Buffer's pool for 'data' reads), and a piece of it kept for a
+ * client that sits on half a command, or is paused, would keep the whole
+ * slab. Such a piece is copied, so it keeps just its bytes.
+ */
+function kept(b: Buffer): Buffer {
+  if (b.length > SHARE_MAX || b.buffer.byteLength === b.length) return b;
+  const own = Buffer.allocUnsafeSlow(b.length);
+  b.copy(own);
+  return own;
+}
 const LF = 0x0a;
 const CR = 0x0d;
 const SP = 0x20;
@@ -157,7 +170,7 @@ export class RequestParser {
 
   push(chunk: Buffer): void {
     if (this.stopped || this.held.length > 0) {
-      this.held.push(chunk);
+      this.held.push(kept(chunk));
       return;
     }
     this.consume(chunk);
@@ -169,7 +182,7 @@ export class RequestParser {
     while (pos < len) {
       if (this.state === ST_LINE) {
         if (this.stopped) {
-          this.held.unshift(chunk.subarray(pos));
+          this.held.unshift(kept(chunk.subarray(pos)));
           return;
         }
         if (this.partsLength === 0 && chunk[pos] === 0x67 /* g */) {
@@ -259,14 +272,7 @@ export class RequestParser {
 
   private stash(b: Buffer): void {
     if (b.length === 0) return;
-    // A short read is a view of a shared slab (raw-read.ts; Buffer's pool for 'data' reads); a
-    // piece of it kept for a client that sits on half a command would keep the whole slab. Keep
-    // just the bytes.
-    if (b.length < SHARE_MAX && b.buffer.byteLength > b.length) {
-      const own = Buffer.allocUnsafeSlow(b.length);
-      b.copy(own);
-      b = own;
-    }
+    b = kept(b);
     this.parts.push(b);
     this.partsLength += b.length;
   }

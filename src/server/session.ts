@@ -52,6 +52,14 @@ class Slot {
   next: Slot | null = null;
 }
 
+/** `b`, or a copy of it if it is a view of a larger buffer. */
+function ownBytes(b: Buffer): Buffer {
+  if (b.buffer.byteLength === b.length) return b;
+  const own = Buffer.allocUnsafeSlow(b.length);
+  b.copy(own);
+  return own;
+}
+
 export class ClientSession {
   private readonly socket: net.Socket;
   private readonly router: Router;
@@ -230,12 +238,16 @@ export class ClientSession {
         break;
       }
     }
+    // A client that is behind (bytes already queued for it) keeps what is written now until it
+    // reads. Replies are views of backend reads, which share 64 KiB slabs (raw-read.ts), so
+    // such a client gets copies: it holds its own bytes, not every slab a reply came in.
+    const behind = sock.writableLength > 0;
     if (parts.length === 1) {
       const one = parts[0]!;
       parts.length = 0;
-      sock.write(one);
-    } else if (parts.length > 1 && size <= GATHER_MAX) {
-      const buf = Buffer.allocUnsafe(size);
+      sock.write(behind ? ownBytes(one) : one);
+    } else if (parts.length > 1 && (size <= GATHER_MAX || behind)) {
+      const buf = size <= GATHER_MAX ? Buffer.allocUnsafe(size) : Buffer.allocUnsafeSlow(size);
       let at = 0;
       for (const b of parts) at += b.copy(buf, at);
       parts.length = 0;

@@ -1272,17 +1272,36 @@ describe('RequestParser: memory', () => {
     expect(parts[0]!.buffer.byteLength).to.equal(12);
   });
 
-  it('copies an unfinished value of a short read out of the 64 KiB slab raw reads share', () => {
-    const parser = new RequestParser({ onRequest: () => {}, onError: () => {} });
-    // A 10 KiB read as raw-read.ts hands it out: a view of a shared 64 KiB slab.
+  it('copies an unfinished value of a read up to 16 KiB out of the 64 KiB slab raw reads share', () => {
+    for (const size of [10 * 1024, 16 * 1024]) {
+      const parser = new RequestParser({ onRequest: () => {}, onError: () => {} });
+      // A read as raw-read.ts hands it out: a view of a shared 64 KiB slab.
+      const slab = Buffer.alloc(64 * 1024);
+      const chunk = slab.subarray(100, 100 + size);
+      chunk.write('set k 0 0 20000\r\n', 'latin1');
+      parser.push(chunk);
+      const parts = (parser as unknown as { parts: Buffer[] }).parts;
+      const kept = parts.reduce((n, p) => n + p.length, 0);
+      expect(kept, `${size}: the command so far, header included`).to.equal(size);
+      for (const p of parts) expect(p.buffer.byteLength, `${size}: kept bytes`).to.equal(p.length);
+    }
+  });
+
+  it('holds its own copy of a short read that arrives while paused', () => {
+    const got: string[] = [];
+    const parser = new RequestParser({
+      onRequest: (r) => got.push(r.cmd),
+      onError: () => {},
+    });
+    parser.pause();
     const slab = Buffer.alloc(64 * 1024);
-    const head = 'set k 0 0 20000\r\n';
-    const chunk = slab.subarray(100, 100 + 10 * 1024);
-    chunk.write(head, 'latin1');
+    const chunk = slab.subarray(10, 10 + 20);
+    chunk.write('get a\r\nget b\r\nmn\r\n', 'latin1');
     parser.push(chunk);
-    const parts = (parser as unknown as { parts: Buffer[] }).parts;
-    const kept = parts.reduce((n, p) => n + p.length, 0);
-    expect(kept, 'the command so far, header included').to.equal(10 * 1024);
-    for (const p of parts) expect(p.buffer.byteLength, 'kept bytes').to.equal(p.length);
+    expect(parser.holding).to.equal(true);
+    const held = (parser as unknown as { held: Buffer[] }).held;
+    for (const h of held) expect(h.buffer.byteLength, 'held bytes').to.equal(h.length);
+    parser.resume();
+    expect(got).to.deep.equal(['get', 'get', 'mn']);
   });
 });

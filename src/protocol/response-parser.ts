@@ -106,6 +106,13 @@ const EMPTY = Buffer.alloc(0);
 /** The line and bytes of an empty get reply, shared (never written to). */
 const END_LINE = Buffer.from('END', 'latin1');
 const END_RAW = Buffer.from('END\r\n', 'latin1');
+const STORED_RAW = Buffer.from('STORED\r\n', 'latin1');
+/**
+ * The reply to most writes, shared: the general path would make a Reply and
+ * two views for each. Safe to share because a Reply is not changed once
+ * complete.
+ */
+const STORED_REPLY = new Reply(STORED_RAW.subarray(0, 6), STORED_RAW);
 
 /** Whether `END\r\n` is at `at` (the caller checked there are 5 bytes). */
 function isEnd(b: Buffer, at: number): boolean {
@@ -247,10 +254,17 @@ export class ResponseParser {
     const len = chunk.length;
     while (pos < len) {
       if (this.state === ST_LINE) {
-        if (this.partsLength === 0 && this.current === null && this.peek() === EXPECT_VALUES) {
-          const end = this.wholeValues(chunk, pos);
-          if (end > 0) {
-            pos = end;
+        if (this.partsLength === 0 && this.current === null) {
+          const expect = this.peek();
+          if (expect === EXPECT_VALUES) {
+            const end = this.wholeValues(chunk, pos);
+            if (end > 0) {
+              pos = end;
+              continue;
+            }
+          } else if (expect === EXPECT_LINE && isStored(chunk, pos)) {
+            pos += 8;
+            this.complete(STORED_REPLY);
             continue;
           }
         }
@@ -555,6 +569,21 @@ export class ResponseParser {
       new Value(raw, this.vKeyLength, this.vFlags, headerLength, bytes, this.vCas),
     );
   }
+}
+
+/** Whether `STORED\r\n` is whole in `b` at `pos`. */
+function isStored(b: Buffer, pos: number): boolean {
+  return (
+    pos + 8 <= b.length &&
+    b[pos] === 0x53 &&
+    b[pos + 1] === 0x54 &&
+    b[pos + 2] === 0x4f &&
+    b[pos + 3] === 0x52 &&
+    b[pos + 4] === 0x45 &&
+    b[pos + 5] === 0x44 &&
+    b[pos + 6] === 0x0d &&
+    b[pos + 7] === 0x0a
+  );
 }
 
 /** The end of the run of decimal digits in b[from, limit). */

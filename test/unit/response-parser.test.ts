@@ -529,7 +529,8 @@ describe('ResponseParser: expectations queue and memory', () => {
   });
 
   it('values and VA data are zero-copy views when fed whole', () => {
-    const input = bytes(`STORED\r\n${block('key', 3, 'hello', '7')}END\r\nVA 2 f1\r\nhi\r\n`);
+    // (STORED itself is one shared reply: see the test after this one.)
+    const input = bytes(`DELETED\r\n${block('key', 3, 'hello', '7')}END\r\nVA 2 f1\r\nhi\r\n`);
     const { parser, replies } = recordReplies([L, V, L]);
     parser.push(input);
     expect(replies).to.have.length(3);
@@ -538,7 +539,7 @@ describe('ResponseParser: expectations queue and memory', () => {
     expect(stored.line.buffer).to.equal(input.buffer);
     const v = replies[1]!.values![0]!;
     expect(v.raw.buffer).to.equal(input.buffer);
-    expect(v.raw.byteOffset).to.equal(input.byteOffset + 8);
+    expect(v.raw.byteOffset).to.equal(input.byteOffset + 9);
     expect(v.raw.toString()).to.equal('VALUE key 3 5 7\r\nhello\r\n');
     expect(v.data.buffer).to.equal(input.buffer);
     expect(v.data.toString()).to.equal('hello');
@@ -571,6 +572,31 @@ describe('ResponseParser: expectations queue and memory', () => {
       expect(a!.key.toString('latin1')).to.equal('key');
       expect(b!.key.toString('latin1')).to.equal('\u00ffk');
     }
+  });
+
+  it('STORED is one shared reply, the same as the general path gives, at every split', () => {
+    const input = bytes('STORED\r\nSTORED\r\nSTOREDX\r\nSTORED\r\n');
+    for (const split of [
+      { name: 'whole', chunks: [input] },
+      byteByByte(input),
+      ...randomSplits(input, 7, 10),
+    ]) {
+      const { parser, replies } = recordReplies([L, L, L, L]);
+      for (const c of split.chunks) parser.push(c);
+      expect(
+        replies.map((r) => r.text),
+        split.name,
+      ).to.deep.equal(['STORED', 'STORED', 'STOREDX', 'STORED']);
+      for (const r of [replies[0]!, replies[1]!, replies[3]!]) {
+        expect(r.raw.toString('latin1'), split.name).to.equal('STORED\r\n');
+        expect(r.isError).to.equal(false);
+        expect(r.values).to.equal(null);
+      }
+    }
+    // Fed whole, the STORED replies are one object (no allocation per reply).
+    const { parser, replies } = recordReplies([L, L]);
+    parser.push(bytes('STORED\r\nSTORED\r\n'));
+    expect(replies[0]).to.equal(replies[1]);
   });
 
   it('when a value spans chunks, its key and data are views into its own raw copy', () => {

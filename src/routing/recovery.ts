@@ -524,22 +524,43 @@ export class Recovery {
     s.resyncFailed = 0;
     const target = this.nodes[node]!;
     this.log.info({ node: target.label }, 'resync started');
-    const sources = this.nodes.filter((n) => n.index !== node && n.isUp);
     const seen = new Set<string>();
+    this.listKeys(node, seen, (keys, incomplete) => {
+      if (s.resyncRun !== run || s.resync !== 'running') return;
+      this.copyAll(node, run, keys, incomplete, () =>
+        // memcached's crawler skips items that are locked or in use as it passes them, and can
+        // miss one that moves between LRU queues meanwhile: a second listing finds those (and
+        // keys written since, which the node already has: add-mode copies leave them alone).
+        this.listKeys(node, seen, (more, incomplete2) => {
+          if (s.resyncRun !== run || s.resync !== 'running') return;
+          this.copyAll(node, run, more, incomplete2, null);
+        }),
+      );
+    });
+  }
+
+  /**
+   * List the keys of `node`'s replica sets held by the other nodes that are
+   * up, leaving out those in `seen` (and adding the new ones to it).
+   * `incomplete`: a listing failed or a node is down (it may hold the only
+   * other copy of some keys).
+   */
+  private listKeys(
+    node: number,
+    seen: Set<string>,
+    cb: (keys: Buffer[], incomplete: boolean) => void,
+  ): void {
+    const s = this.state[node]!;
+    const target = this.nodes[node]!;
+    const sources = this.nodes.filter((n) => n.index !== node && n.isUp);
     const keys: Buffer[] = [];
     let listed = 0;
-    // A node that is down may hold the only other copy of some of this node's keys: the run
-    // cannot be complete; it runs again when a node comes back.
     let incomplete = sources.length < this.nodes.length - 1;
-    const listedAll = (): void => {
-      if (++listed < sources.length) return;
-      this.copyAll(node, run, keys, incomplete);
-    };
-    if (sources.length === 0) return this.copyAll(node, run, keys, true);
+    if (sources.length === 0) return cb(keys, true);
     for (const src of sources) {
       this.metadumpRetry(src.address, METADUMP_TRIES, (err, dumped) => {
-        if (err !== null) incomplete = true;
         if (err !== null) {
+          incomplete = true;
           this.log.warn(
             { node: target.label, source: src.label, err: err.message },
             'resync: cannot list keys',
@@ -556,19 +577,27 @@ export class Recovery {
           if (mine) keys.push(k);
         }
         s.resyncScanned += dumped.length;
-        listedAll();
+        if (++listed === sources.length) cb(keys, incomplete);
       });
     }
   }
 
   /**
    * Copy `keys` to `node` at the configured rate. `incomplete`: a source could
-   * not list its keys, so the node may still lack some: the run ends `failed`.
+   * not list its keys, so the node may still lack some: the run ends `failed`,
+   * as it does when a copy failed. A pass that went well continues with
+   * `next` when there is one; otherwise the run ends.
    */
-  private copyAll(node: number, run: number, keys: Buffer[], incomplete: boolean): void {
+  private copyAll(
+    node: number,
+    run: number,
+    keys: Buffer[],
+    incomplete: boolean,
+    next: (() => void) | null,
+  ): void {
     const s = this.state[node]!;
     const target = this.nodes[node]!;
-    let next = 0;
+    let at = 0;
     let active = 0;
     let scheduled = false;
     const started = Date.now();
@@ -588,20 +617,23 @@ export class Recovery {
       // Rate limit: at most resyncRate keys per second since the start (plus one window).
       const allowed =
         Math.floor(((Date.now() - started) / 1000) * this.options.resyncRate) + WINDOW;
-      while (active < WINDOW && next < keys.length && next < allowed) {
+      while (active < WINDOW && at < keys.length && at < allowed) {
         active++;
-        this.refill(node, keys[next++]!, (ok) => {
+        this.refill(node, keys[at++]!, (ok) => {
           active--;
           if (ok) s.resyncCopied++;
           else s.resyncFailed++;
           pump();
         });
       }
-      if (next >= keys.length) {
-        if (active === 0) finish(incomplete ? 'failed' : 'done');
+      if (at >= keys.length) {
+        if (active > 0) return;
+        const failed = incomplete || s.resyncFailed > 0;
+        if (!failed && next !== null) next();
+        else finish(failed ? 'failed' : 'done');
         return;
       }
-      if (next >= allowed && !scheduled) {
+      if (at >= allowed && !scheduled) {
         scheduled = true;
         this.later(() => {
           scheduled = false;

@@ -540,8 +540,8 @@ export class Recovery {
   }
 
   /**
-   * List the keys of `node`'s replica sets held by the other nodes that are
-   * up, leaving out those in `seen` (and adding the new ones to it).
+   * List the keys whose replica sets include `node`, as the other nodes that
+   * are up hold them, leaving out those in `seen` (and adding the new ones).
    * `incomplete`: a listing failed or a node is down (it may hold the only
    * other copy of some keys).
    */
@@ -568,13 +568,15 @@ export class Recovery {
           s.resyncFailed++;
         }
         for (const k of dumped) {
-          const ks = k.toString('latin1');
-          if (seen.has(ks)) continue;
-          seen.add(ks);
           const order = this.ring.order(k);
           let mine = false;
           for (let i = 0; i < this.options.replicas; i++) if (order[i] === node) mine = true;
-          if (mine) keys.push(k);
+          if (!mine) continue;
+          // Only this node's keys are remembered: the set lives as long as the run.
+          const ks = k.toString('latin1');
+          if (seen.has(ks)) continue;
+          seen.add(ks);
+          keys.push(k);
         }
         s.resyncScanned += dumped.length;
         if (++listed === sources.length) cb(keys, incomplete);

@@ -12,7 +12,7 @@
 import net from 'node:net';
 import { expect } from 'chai';
 import { PROTOCOL_VERSION } from '../../src/version.js';
-import { sleep } from '../helpers/memcached.js';
+import { type Memcached, sleep } from '../helpers/memcached.js';
 import {
   type Cluster,
   MemcacheClient,
@@ -433,6 +433,29 @@ function keyOn(c: Cluster, prefix: string, a: number, b: number): string {
   throw new Error(`no key on ${a},${b}`);
 }
 
+/** `n` keys whose only two copies are on nodes `a` and `b` (either one primary). */
+function keysOnPair(c: Cluster, prefix: string, a: number, b: number, n: number): string[] {
+  const keys: string[] = [];
+  for (let i = 0; keys.length < n && i < 1_000_000; i++) {
+    const k = `${prefix}:${i}`;
+    const o = c.proxy.ring.order(Buffer.from(k));
+    if ((o[0] === a && o[1] === b) || (o[0] === b && o[1] === a)) keys.push(k);
+  }
+  return keys;
+}
+
+/** Node `node` itself holds every one of `keys` with value `v1` (set by the test). */
+async function expectAllOn(node: Memcached, keys: string[]): Promise<void> {
+  const client = await direct(node);
+  try {
+    const got = await client.pipeline(keys.map((k) => `get ${k}`));
+    const missing = keys.filter((k, i) => got[i] !== `VALUE ${k} 0 2\r\nv1\r\nEND\r\n`);
+    expect(missing, 'sessions the node did not get back').to.deep.equal([]);
+  } finally {
+    client.close();
+  }
+}
+
 describe('fencing and re-sync edge cases', function () {
   let c: Cluster;
   let p: MemcacheClient;
@@ -497,12 +520,7 @@ describe('fencing and re-sync edge cases', function () {
     p = await MemcacheClient.connect(c.port);
     const [A, B] = [0, 1];
     // Sessions whose only copies are on A and B.
-    const keys: string[] = [];
-    for (let n = 0; keys.length < 200; n++) {
-      const k = `retry:${n}`;
-      const o = c.proxy.ring.order(Buffer.from(k));
-      if ((o[0] === A && o[1] === B) || (o[0] === B && o[1] === A)) keys.push(k);
-    }
+    const keys = keysOnPair(c, 'retry', A, B, 200);
     const stored = await p.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v1'] as [string, string]));
     expect(new Set(stored)).to.deep.equal(new Set(['STORED\r\n']));
     // B hangs and is marked down; then A restarts empty: only B could refill it, and B is down.
@@ -529,14 +547,7 @@ describe('fencing and re-sync edge cases', function () {
       return rec.resyncRuns(A) > failedRuns && rec.resyncState(A) === 'done';
     });
     // A holds every one of them itself now, so losing B loses nothing.
-    const onA = await direct(c.nodes[A]!);
-    try {
-      const got = await onA.pipeline(keys.map((k) => `get ${k}`));
-      const missing = keys.filter((k, i) => got[i] !== `VALUE ${k} 0 2\r\nv1\r\nEND\r\n`);
-      expect(missing, 'sessions A did not get back').to.deep.equal([]);
-    } finally {
-      onA.close();
-    }
+    await expectAllOn(c.nodes[A]!, keys);
     await c.kill(B);
     await c.waitNode(B, false, 3000);
     const answers = await p.pipeline(keys.map((k) => `get ${k}`));
@@ -550,12 +561,7 @@ describe('fencing and re-sync edge cases', function () {
     c = await startCluster({ recovery: { resyncRate: 100000 } });
     p = await MemcacheClient.connect(c.port);
     const [A, B] = [0, 1];
-    const keys: string[] = [];
-    for (let n = 0; keys.length < 100; n++) {
-      const k = `twice:${n}`;
-      const o = c.proxy.ring.order(Buffer.from(k));
-      if ((o[0] === A && o[1] === B) || (o[0] === B && o[1] === A)) keys.push(k);
-    }
+    const keys = keysOnPair(c, 'twice', A, B, 100);
     const stored = await p.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v1'] as [string, string]));
     expect(new Set(stored)).to.deep.equal(new Set(['STORED\r\n']));
     // The crawler skips an item in use as it passes (or one moving between LRU queues): here
@@ -578,14 +584,7 @@ describe('fencing and re-sync edge cases', function () {
       return r.resyncRuns(A) > runs && r.resyncState(A) === 'done';
     });
     expect(listings, 'listings: two sources, twice').to.equal(4);
-    const onA = await direct(c.nodes[A]!);
-    try {
-      const got = await onA.pipeline(keys.map((k) => `get ${k}`));
-      const missing = keys.filter((k, i) => got[i] !== `VALUE ${k} 0 2\r\nv1\r\nEND\r\n`);
-      expect(missing, 'sessions A did not get back').to.deep.equal([]);
-    } finally {
-      onA.close();
-    }
+    await expectAllOn(c.nodes[A]!, keys);
   });
 
   it('a re-sync whose copy of a key failed ends failed, and runs again until it copies it', async function () {
@@ -593,12 +592,7 @@ describe('fencing and re-sync edge cases', function () {
     c = await startCluster({ recovery: { resyncRate: 100000 } });
     p = await MemcacheClient.connect(c.port);
     const [A, B] = [0, 1];
-    const keys: string[] = [];
-    for (let n = 0; keys.length < 50; n++) {
-      const k = `copyfail:${n}`;
-      const o = c.proxy.ring.order(Buffer.from(k));
-      if ((o[0] === A && o[1] === B) || (o[0] === B && o[1] === A)) keys.push(k);
-    }
+    const keys = keysOnPair(c, 'copyfail', A, B, 50);
     const stored = await p.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v1'] as [string, string]));
     expect(new Set(stored)).to.deep.equal(new Set(['STORED\r\n']));
     // The first copy of one key fails (as a timeout or an error reply on either node would).
@@ -624,14 +618,7 @@ describe('fencing and re-sync edge cases', function () {
       const r = c.proxy.recovery;
       return r.resyncRuns(A) > failedRuns && r.resyncState(A) === 'done';
     });
-    const onA = await direct(c.nodes[A]!);
-    try {
-      const got = await onA.pipeline(keys.map((k) => `get ${k}`));
-      const missing = keys.filter((k, i) => got[i] !== `VALUE ${k} 0 2\r\nv1\r\nEND\r\n`);
-      expect(missing, 'sessions A did not get back').to.deep.equal([]);
-    } finally {
-      onA.close();
-    }
+    await expectAllOn(c.nodes[A]!, keys);
   });
 
   it('two nodes restarted at once both re-sync fully (a BUSY key listing is retried)', async function () {

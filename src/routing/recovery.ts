@@ -83,6 +83,13 @@ class NodeRecovery {
   resyncFailed = 0;
   /** Delay before retrying a failed re-sync; doubles per failure, reset by a finished one. */
   resyncRetryMs = RESYNC_RETRY_MS;
+  /** A re-sync was asked for while one ran (the node may have lost what it copied): run again. */
+  resyncAgain = false;
+  /**
+   * Keys whose copy failed in a run that listed every key: what its retry
+   * copies, instead of listing and copying everything again.
+   */
+  resyncRetryKeys: Buffer[] | null = null;
 }
 
 /** How a fence ended: done, failed on the node being fenced, or failed on another replica. */
@@ -267,7 +274,9 @@ export class Recovery {
   /** `node` serves again (after its rejoin): fix what waited for it, refill it if it was empty. */
   private serving(node: number, refill: boolean): void {
     this.refixFenced();
-    if (refill && this.options.resyncRate > 0) this.resync(node);
+    // A re-sync cut short by the node going down has keys still to copy: it runs again too.
+    const unfinished = this.state[node]!.resync === 'failed';
+    if ((refill || unfinished) && this.options.resyncRate > 0) this.resync(node);
     // A source is back: a re-sync that could not list its keys can now finish.
     this.state.forEach((o, i) => {
       if (i !== node && o.resync === 'failed' && this.nodes[i]!.isUp) this.resync(i);
@@ -511,29 +520,40 @@ export class Recovery {
 
   // ----------------------------------------------------------------- resync
 
-  /** Refill `node` (restarted empty, or flushed) from the other nodes, in the background. */
-  resync(node: number): void {
+  /**
+   * Refill `node` (restarted empty, or flushed) from the other nodes, in the
+   * background. `retry`: only these keys, whose copy failed in the last run.
+   */
+  resync(node: number, retry: Buffer[] | null = null): void {
     const s = this.state[node]!;
-    if (s.resync === 'running' || this.closed || this.options.resyncRate <= 0) return;
+    if (this.closed || this.options.resyncRate <= 0) return;
+    if (s.resync === 'running') {
+      // The node may have restarted or been flushed after some copies: run again once this ends.
+      if (retry === null) s.resyncAgain = true;
+      return;
+    }
     if (!this.gate.resyncs) return this.gate.resyncElsewhere(node);
     s.resync = 'running';
     s.resyncRun++;
+    s.resyncRetryKeys = null;
     const run = s.resyncRun;
     s.resyncScanned = 0;
     s.resyncCopied = 0;
     s.resyncFailed = 0;
     const target = this.nodes[node]!;
-    this.log.info({ node: target.label }, 'resync started');
+    this.log.info({ node: target.label, keys: retry?.length }, 'resync started');
+    if (retry !== null) return this.copyAll(node, run, retry, false, null);
     const seen = new Set<string>();
     this.listKeys(node, seen, (keys, incomplete) => {
       if (s.resyncRun !== run || s.resync !== 'running') return;
-      this.copyAll(node, run, keys, incomplete, () =>
+      this.copyAll(node, run, keys, incomplete, (failed) =>
         // memcached's crawler skips items that are locked or in use as it passes them, and can
         // miss one that moves between LRU queues meanwhile: a second listing finds those (and
         // keys written since, which the node already has: add-mode copies leave them alone).
+        // Keys whose copy failed are tried once more with them.
         this.listKeys(node, seen, (more, incomplete2) => {
           if (s.resyncRun !== run || s.resync !== 'running') return;
-          this.copyAll(node, run, more, incomplete2, null);
+          this.copyAll(node, run, more.concat(failed), incomplete2, null);
         }),
       );
     });
@@ -586,53 +606,75 @@ export class Recovery {
 
   /**
    * Copy `keys` to `node` at the configured rate. `incomplete`: a source could
-   * not list its keys, so the node may still lack some: the run ends `failed`,
-   * as it does when a copy failed. A pass that went well continues with
-   * `next` when there is one; otherwise the run ends.
+   * not list its keys, so the node may still lack some. A pass with a
+   * complete listing continues with `next` (given the keys whose copy
+   * failed) when there is one; otherwise the run ends: `done` if every copy
+   * went through, else `failed`, and retried later.
    */
   private copyAll(
     node: number,
     run: number,
     keys: Buffer[],
     incomplete: boolean,
-    next: (() => void) | null,
+    next: ((failed: Buffer[]) => void) | null,
   ): void {
     const s = this.state[node]!;
     const target = this.nodes[node]!;
     let at = 0;
     let active = 0;
     let scheduled = false;
+    // Set once the pass has ended: the rate-limit timer may still call pump() after that.
+    let ended = false;
+    const failedKeys: Buffer[] = [];
     const started = Date.now();
     const finish = (state: ResyncState): void => {
+      ended = true;
       if (s.resyncRun !== run || s.resync !== 'running') return;
       s.resync = state;
       const fields = { node: target.label, copied: s.resyncCopied, failed: s.resyncFailed };
-      this.log.info({ ...fields, state, keys: keys.length }, 'resync finished');
-      if (state === 'done') s.resyncRetryMs = RESYNC_RETRY_MS;
-      // A listing or a copy failed: try again later. A run that failed only because a node
-      // was down runs again when a node comes back (rejoin), not on a timer.
-      else if (s.resyncFailed > 0) this.retryResync(node, run);
+      this.log.info({ ...fields, state, scanned: s.resyncScanned }, 'resync finished');
+      if (s.resyncAgain) {
+        s.resyncAgain = false;
+        return this.resync(node);
+      }
+      if (state === 'done') {
+        s.resyncRetryMs = RESYNC_RETRY_MS;
+        return;
+      }
+      // Only copies failed: the retry copies just those keys. A listing failed: it lists again.
+      // A run that failed only because a node was down runs again when a node comes back
+      // (rejoin), not on a timer.
+      if (!incomplete && failedKeys.length > 0) s.resyncRetryKeys = failedKeys;
+      if (s.resyncFailed > 0) this.retryResync(node, run);
     };
     const pump = (): void => {
-      if (this.closed || s.resyncRun !== run || s.resync !== 'running') return;
+      if (ended || this.closed || s.resyncRun !== run || s.resync !== 'running') return;
       if (!target.isUp) return finish('failed');
       // Rate limit: at most resyncRate keys per second since the start (plus one window).
       const allowed =
         Math.floor(((Date.now() - started) / 1000) * this.options.resyncRate) + WINDOW;
       while (active < WINDOW && at < keys.length && at < allowed) {
         active++;
-        this.refill(node, keys[at++]!, (ok) => {
+        const key = keys[at++]!;
+        this.refill(node, key, (ok) => {
           active--;
+          // A copy of a run that has ended (its node went down, say) counts for no later run.
+          if (ended || s.resyncRun !== run) return;
           if (ok) s.resyncCopied++;
-          else s.resyncFailed++;
+          else {
+            s.resyncFailed++;
+            failedKeys.push(key);
+          }
           pump();
         });
       }
       if (at >= keys.length) {
         if (active > 0) return;
-        const failed = incomplete || s.resyncFailed > 0;
-        if (!failed && next !== null) next();
-        else finish(failed ? 'failed' : 'done');
+        if (!incomplete && next !== null) {
+          ended = true;
+          return next(failedKeys);
+        }
+        finish(incomplete || failedKeys.length > 0 ? 'failed' : 'done');
         return;
       }
       if (at >= allowed && !scheduled) {
@@ -658,7 +700,7 @@ export class Recovery {
     this.later(() => {
       // A newer run (a restart seen meanwhile) supersedes this retry.
       if (this.closed || s.resyncRun !== run || s.resync !== 'failed') return;
-      if (this.nodes[node]!.isUp) this.resync(node);
+      if (this.nodes[node]!.isUp) this.resync(node, s.resyncRetryKeys);
       else this.retryResync(node, run);
     }, delay);
   }

@@ -587,7 +587,7 @@ describe('fencing and re-sync edge cases', function () {
     await expectAllOn(c.nodes[A]!, keys);
   });
 
-  it('a re-sync whose copy of a key failed ends failed, and runs again until it copies it', async function () {
+  it('a key whose copy keeps failing ends the run failed; the retry copies just that key', async function () {
     this.timeout(30000);
     c = await startCluster({ recovery: { resyncRate: 100000 } });
     p = await MemcacheClient.connect(c.port);
@@ -595,13 +595,14 @@ describe('fencing and re-sync edge cases', function () {
     const keys = keysOnPair(c, 'copyfail', A, B, 50);
     const stored = await p.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v1'] as [string, string]));
     expect(new Set(stored)).to.deep.equal(new Set(['STORED\r\n']));
-    // The first copy of one key fails (as a timeout or an error reply on either node would).
+    // The first two copies of one key fail (as a timeout or an error reply on either node
+    // would): in the first pass, and again when the second pass tries it once more.
     type Refill = (node: number, key: Buffer, cb: (ok: boolean) => void) => void;
     const rec = c.proxy.recovery as unknown as { refill: Refill };
     const real = rec.refill.bind(rec);
     let failures = 0;
     rec.refill = (node, key, cb) => {
-      if (key.toString('latin1') === keys[7] && failures === 0) {
+      if (key.toString('latin1') === keys[7] && failures < 2) {
         failures++;
         return cb(false);
       }
@@ -613,10 +614,52 @@ describe('fencing and re-sync edge cases', function () {
       const r = c.proxy.recovery;
       return r.resyncRuns(A) > runs && r.resyncState(A) === 'failed';
     });
+    expect(failures).to.equal(2);
     const failedRuns = c.proxy.recovery.resyncRuns(A);
     await until('the re-sync of A, run again', 8000, () => {
       const r = c.proxy.recovery;
       return r.resyncRuns(A) > failedRuns && r.resyncState(A) === 'done';
+    });
+    const stats = await proxyStats(c.port);
+    expect(stats.get(`proxy_node_${A}_resync_copied`), 'the retry copied one key').to.equal('1');
+    expect(stats.get(`proxy_node_${A}_resync_scanned`), 'and listed nothing').to.equal('0');
+    await expectAllOn(c.nodes[A]!, keys);
+  });
+
+  it('a node that restarts again during its re-sync is re-synced again', async function () {
+    this.timeout(30000);
+    c = await startCluster({ recovery: { resyncRate: 100000 } });
+    p = await MemcacheClient.connect(c.port);
+    const [A, B] = [0, 1];
+    const keys = keysOnPair(c, 'again', A, B, 100);
+    const stored = await p.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v1'] as [string, string]));
+    expect(new Set(stored)).to.deep.equal(new Set(['STORED\r\n']));
+    // Hold the second listing (calls 3 and 4: two sources) until A has restarted again.
+    type Listing = (address: string, cb: (err: Error | null, keys: Buffer[]) => void) => void;
+    const rec = c.proxy.recovery as unknown as { metadump: Listing };
+    const real = rec.metadump.bind(rec);
+    let listings = 0;
+    const held: (() => void)[] = [];
+    rec.metadump = (address, cb) => {
+      listings++;
+      if (listings === 3 || listings === 4) held.push(() => real(address, cb));
+      else real(address, cb);
+    };
+    const runs = c.proxy.recovery.resyncRuns(A);
+    await c.restart(A);
+    await until('the second listing of the first re-sync', 5000, () => held.length === 2);
+    expect(c.proxy.recovery.resyncState(A)).to.equal('running');
+    // A restarts again: the copies of the first pass are gone.
+    const pid = c.proxy.nodes[A]!.identity?.pid;
+    await c.restart(A);
+    await until('msproxy sees the restart', 5000, () => {
+      const id = c.proxy.nodes[A]!.identity;
+      return id !== null && id.pid !== pid && c.proxy.nodes[A]!.isUp;
+    });
+    for (const release of held) release();
+    await until('a later re-sync of A', 8000, () => {
+      const r = c.proxy.recovery;
+      return r.resyncRuns(A) > runs + 1 && r.resyncState(A) === 'done';
     });
     await expectAllOn(c.nodes[A]!, keys);
   });

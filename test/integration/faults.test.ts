@@ -461,6 +461,14 @@ describe('fencing and re-sync edge cases', function () {
   let p: MemcacheClient;
   const paused = new Set<number>();
 
+  /** Store `n` sessions (value v1) whose only two copies are on nodes `a` and `b`, through `p`. */
+  async function storeOnPair(prefix: string, a: number, b: number, n: number): Promise<string[]> {
+    const keys = keysOnPair(c, prefix, a, b, n);
+    const stored = await p.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v1'] as [string, string]));
+    expect(new Set(stored)).to.deep.equal(new Set(['STORED\r\n']));
+    return keys;
+  }
+
   afterEach(async function () {
     p?.close();
     for (const i of paused) c.nodes[i]!.resume();
@@ -520,9 +528,7 @@ describe('fencing and re-sync edge cases', function () {
     p = await MemcacheClient.connect(c.port);
     const [A, B] = [0, 1];
     // Sessions whose only copies are on A and B.
-    const keys = keysOnPair(c, 'retry', A, B, 200);
-    const stored = await p.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v1'] as [string, string]));
-    expect(new Set(stored)).to.deep.equal(new Set(['STORED\r\n']));
+    const keys = await storeOnPair('retry', A, B, 200);
     // B hangs and is marked down; then A restarts empty: only B could refill it, and B is down.
     c.nodes[B]!.pause();
     paused.add(B);
@@ -561,9 +567,7 @@ describe('fencing and re-sync edge cases', function () {
     c = await startCluster({ recovery: { resyncRate: 100000 } });
     p = await MemcacheClient.connect(c.port);
     const [A, B] = [0, 1];
-    const keys = keysOnPair(c, 'twice', A, B, 100);
-    const stored = await p.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v1'] as [string, string]));
-    expect(new Set(stored)).to.deep.equal(new Set(['STORED\r\n']));
+    const keys = await storeOnPair('twice', A, B, 100);
     // The crawler skips an item in use as it passes (or one moving between LRU queues): here
     // the first listing of every source leaves out the first five keys.
     const skipped = new Set(keys.slice(0, 5));
@@ -592,9 +596,7 @@ describe('fencing and re-sync edge cases', function () {
     c = await startCluster({ recovery: { resyncRate: 100000 } });
     p = await MemcacheClient.connect(c.port);
     const [A, B] = [0, 1];
-    const keys = keysOnPair(c, 'copyfail', A, B, 50);
-    const stored = await p.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v1'] as [string, string]));
-    expect(new Set(stored)).to.deep.equal(new Set(['STORED\r\n']));
+    const keys = await storeOnPair('copyfail', A, B, 50);
     // The first two copies of one key fail (as a timeout or an error reply on either node
     // would): in the first pass, and again when the second pass tries it once more.
     type Refill = (node: number, key: Buffer, cb: (ok: boolean) => void) => void;
@@ -631,9 +633,7 @@ describe('fencing and re-sync edge cases', function () {
     c = await startCluster({ recovery: { resyncRate: 100000 } });
     p = await MemcacheClient.connect(c.port);
     const [A, B] = [0, 1];
-    const keys = keysOnPair(c, 'again', A, B, 100);
-    const stored = await p.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v1'] as [string, string]));
-    expect(new Set(stored)).to.deep.equal(new Set(['STORED\r\n']));
+    const keys = await storeOnPair('again', A, B, 100);
     // Hold the second listing (calls 3 and 4: two sources) until A has restarted again.
     type Listing = (address: string, cb: (err: Error | null, keys: Buffer[]) => void) => void;
     const rec = c.proxy.recovery as unknown as { metadump: Listing };

@@ -247,18 +247,21 @@ describe('workers: 2 (node:cluster)', function () {
 describe('workers: the CLI', function () {
   this.timeout(30_000);
 
+  /** Two workers in front of one node, logging at info (the CLI's own lines are asserted). */
+  const cliConfig = (port: number): Record<string, unknown> => ({
+    listen: '127.0.0.1:0',
+    nodes: [`127.0.0.1:${port}`],
+    replicas: 1,
+    workers: 2,
+    log: { level: 'info' },
+  });
+
   it('the installed entry point runs node with its GC flag, in the primary and in every worker', async function () {
     // bin/msproxy.js is run as the system runs `msproxy`: through its `#!/usr/bin/env -S node ...`
     // line. The flag must reach node (a broken #! line would not start at all, or start without it),
     // and node:cluster must pass it on to the workers.
     const node = await Memcached.start();
-    const config = {
-      listen: '127.0.0.1:0',
-      nodes: [`127.0.0.1:${node.port}`],
-      replicas: 1,
-      workers: 2,
-      log: { level: 'info' },
-    };
+    const config = cliConfig(node.port);
     const p = await ProxyProcess.start(config, true);
     try {
       const argv = (pid: number): string[] =>
@@ -281,13 +284,7 @@ describe('workers: the CLI', function () {
 
   it('--check reports the workers; a port in use makes the primary exit 1', async function () {
     const node = await Memcached.start();
-    const config = {
-      listen: '127.0.0.1:0',
-      nodes: [`127.0.0.1:${node.port}`],
-      replicas: 1,
-      workers: 2,
-      log: { level: 'info' },
-    };
+    const config = cliConfig(node.port);
     const check = ProxyProcess.spawn(config, ['--check']);
     expect(await check.exit()).to.equal(0);
     expect(check.logs.map((l) => l.msg).join('\n')).to.match(/workers 2/);

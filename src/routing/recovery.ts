@@ -35,6 +35,7 @@ import type { BackendNode } from '../backend/node.js';
 import { encodeMeta, encodeMetaSet } from '../protocol/encoder.js';
 import { EXPECT_LINE, type Reply, equals, startsWith } from '../protocol/response-parser.js';
 import { EXCLUSIVE, type KeyOrder, Ticket } from './key-order.js';
+import { KeySet } from './key-set.js';
 import { keyHash, parseMetaFlags } from './meta.js';
 import { LOCAL_GATE, type RejoinGate } from './rejoin-gate.js';
 import type { Ring } from './ring.js';
@@ -316,8 +317,9 @@ export class Recovery {
         failed = true;
         keep(ks, seq);
       }
-      if (!failed && next < pending.length) return pump();
-      if (active > 0) return;
+      pump();
+    };
+    const end = (): void => {
       if (failed) {
         // This node failed: every key not known fixed stays in the log.
         for (let i = next; i < pending.length; i++) keep(pending[i]![0], pending[i]![1]);
@@ -332,12 +334,21 @@ export class Recovery {
       s.missed.clear();
       cb(true);
     };
+    // A key whose partners are all down is settled at once, inside fence(). Its callback must
+    // not start the next key from within this loop, or a long log of such keys overflows the
+    // stack: the loop goes on instead. The round ends when nothing is in flight and nothing
+    // more will start, which happens once.
+    let pumping = false;
     const pump = (): void => {
-      while (active < WINDOW && next < pending.length) {
+      if (pumping) return;
+      pumping = true;
+      while (!failed && active < WINDOW && next < pending.length) {
         const [ks, seq] = pending[next++]!;
         active++;
         this.fence(node.index, Buffer.from(ks, 'latin1'), seq, (res) => one(ks, seq, res));
       }
+      pumping = false;
+      if (active === 0) end();
     };
     pump();
   }
@@ -543,17 +554,18 @@ export class Recovery {
     const target = this.nodes[node]!;
     this.log.info({ node: target.label, keys: retry?.length }, 'resync started');
     if (retry !== null) return this.copyAll(node, run, retry, false, null);
-    const seen = new Set<string>();
-    this.listKeys(node, seen, (keys, incomplete) => {
+    const seen = new KeySet();
+    this.listKeys(node, seen, (incomplete) => {
       if (s.resyncRun !== run || s.resync !== 'running') return;
-      this.copyAll(node, run, keys, incomplete, (failed) =>
+      const listed = seen.size;
+      this.copyAll(node, run, keysOf(seen, 0, listed, []), incomplete, (failed) =>
         // memcached's crawler skips items that are locked or in use as it passes them, and can
         // miss one that moves between LRU queues meanwhile: a second listing finds those (and
         // keys written since, which the node already has: add-mode copies leave them alone).
         // Keys whose copy failed are tried once more with them.
-        this.listKeys(node, seen, (more, incomplete2) => {
+        this.listKeys(node, seen, (incomplete2) => {
           if (s.resyncRun !== run || s.resync !== 'running') return;
-          this.copyAll(node, run, more.concat(failed), incomplete2, null);
+          this.copyAll(node, run, keysOf(seen, listed, seen.size, failed), incomplete2, null);
         }),
       );
     });
@@ -561,24 +573,31 @@ export class Recovery {
 
   /**
    * List the keys whose replica sets include `node`, as the other nodes that
-   * are up hold them, leaving out those in `seen` (and adding the new ones).
+   * are up hold them, into `seen`: the new ones are those added by this call.
    * `incomplete`: a listing failed or a node is down (it may hold the only
    * other copy of some keys).
    */
-  private listKeys(
-    node: number,
-    seen: Set<string>,
-    cb: (keys: Buffer[], incomplete: boolean) => void,
-  ): void {
+  private listKeys(node: number, seen: KeySet, cb: (incomplete: boolean) => void): void {
     const s = this.state[node]!;
     const target = this.nodes[node]!;
     const sources = this.nodes.filter((n) => n.index !== node && n.isUp);
-    const keys: Buffer[] = [];
     let listed = 0;
     let incomplete = sources.length < this.nodes.length - 1;
-    if (sources.length === 0) return cb(keys, true);
+    if (sources.length === 0) return cb(true);
+    // Keys are looked at as they stream in, and only this node's are kept: a source's whole
+    // listing is never held.
+    const onKey = (k: Buffer): void => {
+      s.resyncScanned++;
+      const order = this.ring.order(k);
+      for (let i = 0; i < this.options.replicas; i++) {
+        if (order[i] === node) {
+          seen.add(k);
+          return;
+        }
+      }
+    };
     for (const src of sources) {
-      this.metadumpRetry(src.address, METADUMP_TRIES, (err, dumped) => {
+      this.metadumpRetry(src.address, METADUMP_TRIES, onKey, (err) => {
         if (err !== null) {
           incomplete = true;
           this.log.warn(
@@ -587,19 +606,7 @@ export class Recovery {
           );
           s.resyncFailed++;
         }
-        for (const k of dumped) {
-          const order = this.ring.order(k);
-          let mine = false;
-          for (let i = 0; i < this.options.replicas; i++) if (order[i] === node) mine = true;
-          if (!mine) continue;
-          // Only this node's keys are remembered: the set lives as long as the run.
-          const ks = k.toString('latin1');
-          if (seen.has(ks)) continue;
-          seen.add(ks);
-          keys.push(k);
-        }
-        s.resyncScanned += dumped.length;
-        if (++listed === sources.length) cb(keys, incomplete);
+        if (++listed === sources.length) cb(incomplete);
       });
     }
   }
@@ -614,7 +621,7 @@ export class Recovery {
   private copyAll(
     node: number,
     run: number,
-    keys: Buffer[],
+    keys: KeyList,
     incomplete: boolean,
     next: ((failed: Buffer[]) => void) | null,
   ): void {
@@ -647,15 +654,19 @@ export class Recovery {
       if (!incomplete && failedKeys.length > 0) s.resyncRetryKeys = failedKeys;
       if (s.resyncFailed > 0) this.retryResync(node, run);
     };
+    // A copy with no source left (its other replicas went down) fails at once, inside refill():
+    // as in replay(), its callback must not start the next copy from within the loop below.
+    let pumping = false;
     const pump = (): void => {
-      if (ended || this.closed || s.resyncRun !== run || s.resync !== 'running') return;
+      if (pumping || ended || this.closed || s.resyncRun !== run || s.resync !== 'running') return;
       if (!target.isUp) return finish('failed');
       // Rate limit: at most resyncRate keys per second since the start (plus one window).
       const allowed =
         Math.floor(((Date.now() - started) / 1000) * this.options.resyncRate) + WINDOW;
+      pumping = true;
       while (active < WINDOW && at < keys.length && at < allowed) {
         active++;
-        const key = keys[at++]!;
+        const key = keys.at(at++)!;
         this.refill(node, key, (ok) => {
           active--;
           // A copy of a run that has ended (its node went down, say) counts for no later run.
@@ -663,11 +674,13 @@ export class Recovery {
           if (ok) s.resyncCopied++;
           else {
             s.resyncFailed++;
-            failedKeys.push(key);
+            // Its own copy: a view would keep the whole listing alive until the retry.
+            failedKeys.push(Buffer.from(key));
           }
           pump();
         });
       }
+      pumping = false;
       if (at >= keys.length) {
         if (active > 0) return;
         if (!incomplete && next !== null) {
@@ -752,39 +765,49 @@ export class Recovery {
   /**
    * metadump, retried with backoff: memcached runs one crawler request at a
    * time and answers another with BUSY (two nodes re-syncing from one source).
+   * Keys of a failed attempt have been given to `onKey` too: they exist.
    */
   private metadumpRetry(
     address: string,
     tries: number,
-    cb: (err: Error | null, keys: Buffer[]) => void,
+    onKey: (key: Buffer) => void,
+    cb: (err: Error | null) => void,
   ): void {
-    this.metadump(address, (err, keys) => {
-      if (err === null || tries <= 1 || this.closed) return cb(err, keys);
-      this.later(() => this.metadumpRetry(address, tries - 1, cb), METADUMP_RETRY_MS);
+    this.metadump(address, onKey, (err) => {
+      if (err === null || tries <= 1 || this.closed) return cb(err);
+      this.later(() => this.metadumpRetry(address, tries - 1, onKey, cb), METADUMP_RETRY_MS);
     });
   }
 
-  /** List a node's keys with `lru_crawler metadump all` on a connection of its own. */
-  private metadump(address: string, cb: (err: Error | null, keys: Buffer[]) => void): void {
+  /**
+   * List a node's keys with `lru_crawler metadump all` on a connection of its
+   * own, giving each to `onKey` as a view that is valid only during the call.
+   */
+  private metadump(
+    address: string,
+    onKey: (key: Buffer) => void,
+    cb: (err: Error | null) => void,
+  ): void {
     const i = address.lastIndexOf(':');
     const socket = net.connect({ host: address.slice(0, i), port: Number(address.slice(i + 1)) });
     this.sockets.add(socket);
-    const keys: Buffer[] = [];
     let rest = Buffer.alloc(0);
     let total = 0;
     let finished = false;
+    const decoded = Buffer.allocUnsafe(KEY_MAX);
     const end = (err: Error | null): void => {
       if (finished) return;
       finished = true;
       this.sockets.delete(socket);
       socket.destroy();
-      cb(err, keys);
+      cb(err);
     };
     socket.setTimeout(10000, () => end(new Error('metadump timed out')));
     socket.on('error', (e) => end(e));
     socket.on('close', () => end(new Error('connection closed during metadump')));
     socket.on('connect', () => socket.write(METADUMP));
     socket.on('data', (chunk: Buffer) => {
+      if (finished) return;
       total += chunk.length;
       if (total > METADUMP_MAX_BYTES) return end(new Error('metadump too large'));
       let buf = rest.length > 0 ? Buffer.concat([rest, chunk]) : chunk;
@@ -795,7 +818,9 @@ export class Recovery {
         if (equals(line, 'END')) return end(null);
         if (startsWith(line, 'key=')) {
           const sp = line.indexOf(0x20);
-          keys.push(percentDecode(line.subarray(4, sp < 0 ? line.length : sp)));
+          const n = percentDecode(line, 4, sp < 0 ? line.length : sp, decoded);
+          if (n < 0) return end(new Error('metadump: key longer than memcached allows'));
+          onKey(decoded.subarray(0, n));
         } else if (line.length > 0) {
           // BUSY, ERROR (no lru crawler), CLIENT_ERROR ...: this memcached cannot list keys.
           return end(new Error(line.toString('latin1')));
@@ -875,16 +900,22 @@ function unchanged(item: { cas: string | undefined } | null, r: Reply): boolean 
   return item === null ? now === undefined : now === item.cas;
 }
 
-/** memcached's metadump writes keys URL-encoded (%XX for every byte outside [A-Za-z0-9_.~-]). */
-function percentDecode(b: Buffer): Buffer {
-  if (b.indexOf(0x25) < 0) return Buffer.from(b);
-  const out = Buffer.alloc(b.length);
+/** memcached's longest key. */
+const KEY_MAX = 250;
+
+/**
+ * memcached's metadump writes keys URL-encoded (%XX for every byte outside
+ * [A-Za-z0-9_.~-]). Decodes `b[from, to)` into `out`: the decoded length, or
+ * -1 if it is longer than memcached allows (a listing gone wrong).
+ */
+function percentDecode(b: Buffer, from: number, to: number, out: Buffer): number {
   let n = 0;
-  for (let i = 0; i < b.length; i++) {
+  for (let i = from; i < to; i++) {
+    if (n === KEY_MAX) return -1;
     const c = b[i]!;
-    if (c === 0x25 && i + 2 < b.length) {
-      const h = Number.parseInt(b.toString('latin1', i + 1, i + 3), 16);
-      if (!Number.isNaN(h)) {
+    if (c === 0x25 && i + 2 < to) {
+      const h = (hexDigit(b[i + 1]!) << 4) | hexDigit(b[i + 2]!);
+      if (h >= 0) {
         out[n++] = h;
         i += 2;
         continue;
@@ -892,5 +923,28 @@ function percentDecode(b: Buffer): Buffer {
     }
     out[n++] = c;
   }
-  return out.subarray(0, n);
+  return n;
+}
+
+/** Value of a hex digit, or a large negative number (so a pair with it stays negative). */
+function hexDigit(c: number): number {
+  if (c >= 0x30 && c <= 0x39) return c - 0x30;
+  const l = c | 0x20;
+  if (l >= 0x61 && l <= 0x66) return l - 0x61 + 10;
+  return -0x1000;
+}
+
+/** Keys a re-sync pass copies, by position. An array is one. */
+interface KeyList {
+  readonly length: number;
+  at(i: number): Buffer | undefined;
+}
+
+/** Keys `from` to `to` of `set`, then `more`. */
+function keysOf(set: KeySet, from: number, to: number, more: readonly Buffer[]): KeyList {
+  const n = to - from;
+  return {
+    length: n + more.length,
+    at: (i) => (i < n ? set.at(from + i) : more[i - n]),
+  };
 }

@@ -39,8 +39,12 @@ export interface NodeOptions {
 export interface NodeEvents {
   onUp(node: BackendNode): void;
   onDown(node: BackendNode, reason: string): void;
-  /** A probe was answered; call `markUp()` once the node may serve (`restarted`: it lost its data). */
-  onProbe(node: BackendNode, restarted: boolean): void;
+  /**
+   * A probe was answered; call `markUp()` once the node may serve. `restarted`:
+   * it lost its data; null: this is the first answer since msproxy started
+   * (the node was down or hung then), so what it holds is unknown.
+   */
+  onProbe(node: BackendNode, restarted: boolean | null): void;
   /** A node that was up turned out to have restarted (it is empty). */
   onRestart(node: BackendNode): void;
 }
@@ -302,7 +306,7 @@ export class BackendNode {
       this.identity = id;
       this.conns[0]?.destroy(new BackendError('MSP_BACKEND_CLOSED', 'replaced by probe'));
       this.conns[0] = conn;
-      this.events.onProbe(this, before !== null && restartedSince(before, id));
+      this.events.onProbe(this, before === null ? null : restartedSince(before, id));
     });
   }
 

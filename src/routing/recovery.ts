@@ -194,10 +194,14 @@ export class Recovery {
 
   // ----------------------------------------------------------------- rejoin
 
-  /** A down node answered its probe. */
-  onProbe(node: BackendNode, restarted: boolean): void {
+  /**
+   * A down node answered its probe. `restarted` null: its first answer since
+   * this process started (see firstContact).
+   */
+  onProbe(node: BackendNode, restarted: boolean | null): void {
     const s = this.state[node.index]!;
     if (this.closed) return;
+    if (restarted === null) restarted = this.firstContact(node);
     if (s.rejoining) {
       s.reprobe = restarted || s.reprobe === true;
       return;
@@ -208,6 +212,36 @@ export class Recovery {
     // since closed; it runs them as it wakes, possibly on other threads than the probe's. Let
     // them drain first, or one could land after the replay and undo it.
     this.later(() => this.rejoin(node, restarted), REJOIN_GRACE_MS);
+  }
+
+  /**
+   * A node that was down or hung when this process started answers for the
+   * first time. What it missed while msproxy was not running (or was running
+   * with the log that died with it) is unknown: it may hold sessions since
+   * changed or deleted, or be empty. So it is flushed at this rejoin and
+   * refilled, as after an outage log overflow, when another node is up that
+   * this process has seen answer. With none, it is taken as it is: there is
+   * nothing to compare it with, and flushing every node would lose everything.
+   * Returns `restarted` for the rejoin.
+   */
+  private firstContact(node: BackendNode): boolean {
+    const other = this.nodes.some((n) => n !== node && n.isUp && n.identity !== null);
+    if (!other) {
+      this.log.warn(
+        { node: node.label },
+        'node answers for the first time and no other node is up: served as it is',
+      );
+      return false;
+    }
+    this.log.warn(
+      { node: node.label },
+      'node answers for the first time since msproxy started: it is flushed and re-synced, ' +
+        'as what it missed before is unknown',
+    );
+    const s = this.state[node.index]!;
+    s.missed = new Map();
+    s.overflow = true;
+    return false;
   }
 
   private rejoin(node: BackendNode, restarted: boolean): void {

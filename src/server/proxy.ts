@@ -1,7 +1,8 @@
 /**
  * The proxy: a listener, the backend nodes, the ring and the router, wired
  * together from a Config. `start()` resolves once the port is bound;
- * `close()` stops accepting, closes clients and backends.
+ * `close()` stops accepting, answers what clients already sent (bounded), then
+ * closes clients and backends.
  */
 
 import net from 'node:net';
@@ -25,7 +26,7 @@ export class Proxy {
   readonly recovery: Recovery;
   private readonly log: Logger;
   private readonly server: net.Server;
-  private readonly sockets = new Set<net.Socket>();
+  private readonly sessions = new Map<net.Socket, ClientSession>();
 
   /**
    * `gate` and `worker`: set when this is one worker of several (see workers.ts);
@@ -103,16 +104,16 @@ export class Proxy {
     const stats = this.stats;
     stats.currConnections++;
     stats.totalConnections++;
-    this.sockets.add(socket);
     socket.once('close', () => {
       stats.currConnections--;
-      this.sockets.delete(socket);
+      this.sessions.delete(socket);
     });
-    new ClientSession(socket, this.router, stats, {
+    const session = new ClientSession(socket, this.router, stats, {
       maxInflight: this.config.limits.maxInflight,
       itemSizeMax: this.config.limits.itemSizeMax,
       maxMultigetLine: this.config.limits.maxMultigetLine,
     });
+    this.sessions.set(socket, session);
   }
 
   /** The bound address (useful with port 0). */
@@ -143,9 +144,21 @@ export class Proxy {
     });
   }
 
-  async close(): Promise<void> {
+  /**
+   * Stop: accept no more clients, let each client's commands already read be
+   * answered (for at most `graceMs`; by default three request timeouts, so a
+   * read that fails over still finishes), then close every connection.
+   */
+  async close(graceMs = Math.max(1000, 3 * this.config.timeouts.requestMs)): Promise<void> {
     const closed = new Promise<void>((r) => this.server.close(() => r()));
-    for (const s of this.sockets) s.destroy();
+    if (graceMs > 0 && this.sessions.size > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      const grace = new Promise<void>((r) => (timer = setTimeout(r, graceMs)));
+      const drained = Promise.all([...this.sessions.values()].map((s) => s.shutdown()));
+      await Promise.race([drained, grace]);
+      clearTimeout(timer);
+    }
+    for (const s of this.sessions.keys()) s.destroy();
     this.recovery.close();
     for (const n of this.nodes) n.close();
     await closed;

@@ -73,7 +73,10 @@ export class ClientSession {
   private paused = false;
   private resumeScheduled = false;
   private closed = false;
+  /** The client ended its side, or msproxy is stopping: answer what was read, then close. */
   private closing = false;
+  /** msproxy is stopping: a command not yet read in full will not be. */
+  private stopping = false;
   /** In readyThisTurn, waiting for the check phase. */
   private flushQueued = false;
   /** Commands dispatched to the router and not yet answered. */
@@ -109,7 +112,7 @@ export class ClientSession {
     socket.on('end', () => {
       // The client finished sending; answer what it asked, then close.
       this.closing = true;
-      if (this.head === null && !this.parser.holding) socket.end();
+      if (this.head === null && (this.stopping || !this.parser.holding)) socket.end();
     });
     // The server accepts paused (see readRaw): reading starts here.
     socket.resume();
@@ -262,7 +265,7 @@ export class ClientSession {
     // at once; pausing on that would stop and restart reading for every large reply. What
     // counts is what is still queued here. Past PAUSE_AT a 'drain' is sure to follow.
     if (sock.writableLength > PAUSE_AT) this.draining = true;
-    if (close || (this.closing && this.head === null && !this.parser.holding)) {
+    if (close || (this.closing && this.head === null && (this.stopping || !this.parser.holding))) {
       this.closed = true;
       this.head = this.tail = null;
       sock.end();
@@ -292,6 +295,25 @@ export class ClientSession {
         });
       }
     }
+  }
+
+  /**
+   * msproxy is stopping: read no more commands, answer the ones already read,
+   * then close. Resolves once the last reply is written (or the socket closed).
+   */
+  shutdown(): Promise<void> {
+    const sock = this.socket;
+    return new Promise((resolve) => {
+      if (sock.destroyed || sock.writableFinished) return resolve();
+      sock.once('finish', resolve);
+      sock.once('close', resolve);
+      this.closing = true;
+      this.stopping = true;
+      if (!this.closed && this.head === null) {
+        this.closed = true;
+        sock.end();
+      }
+    });
   }
 
   private onClose(): void {

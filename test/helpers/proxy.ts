@@ -48,6 +48,11 @@ export interface Cluster {
   kill(i: number): Promise<void>;
   /** Replace node i by a fresh, empty memcached on the same port. */
   restart(i: number): Promise<Memcached>;
+  /**
+   * Stop the proxy and start a new one with the same config, on a new port
+   * (`proxy` and `port` change): it knows nothing the old one learned.
+   */
+  restartProxy(): Promise<void>;
   /** Resolve once the proxy considers node i up (or down), failing after `ms`. */
   waitNode(i: number, up: boolean, ms?: number): Promise<void>;
   stop(): Promise<void>;
@@ -87,7 +92,8 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       overrides,
     );
     const config = parseConfig(raw);
-    const proxy = new Proxy(config, pino({ level: process.env.MSP_TEST_LOG ?? 'silent' }));
+    const logger = pino({ level: process.env.MSP_TEST_LOG ?? 'silent' });
+    let proxy = new Proxy(config, logger);
     await proxy.start();
     const cluster: Cluster = {
       proxy,
@@ -101,6 +107,13 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
         const fresh = await nodes[i]!.restart();
         nodes[i] = fresh;
         return fresh;
+      },
+      async restartProxy() {
+        await proxy.close();
+        proxy = new Proxy(config, logger);
+        await proxy.start();
+        cluster.proxy = proxy;
+        cluster.port = proxy.address.port;
       },
       async waitNode(i, up, ms = 3000) {
         const deadline = Date.now() + ms;

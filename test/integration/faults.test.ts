@@ -454,12 +454,12 @@ function keysOnPair(c: Cluster, prefix: string, a: number, b: number, n: number)
   return keys;
 }
 
-/** Node `node` itself holds every one of `keys` with value `v1` (set by the test). */
-async function expectAllOn(node: Memcached, keys: string[]): Promise<void> {
+/** Node `node` itself holds every one of `keys` with value `value` (two bytes, set by the test). */
+async function expectAllOn(node: Memcached, keys: string[], value = 'v1'): Promise<void> {
   const client = await direct(node);
   try {
     const got = await client.pipeline(keys.map((k) => `get ${k}`));
-    const missing = keys.filter((k, i) => got[i] !== `VALUE ${k} 0 2\r\nv1\r\nEND\r\n`);
+    const missing = keys.filter((k, i) => got[i] !== `VALUE ${k} 0 2\r\n${value}\r\nEND\r\n`);
     expect(missing, 'sessions the node did not get back').to.deep.equal([]);
   } finally {
     client.close();
@@ -712,6 +712,112 @@ describe('fencing and re-sync edge cases', function () {
     const answers = await p.pipeline(lost.map((k) => `get ${k}`));
     const missing = lost.filter((k, i) => answers[i] !== `VALUE ${k} 0 2\r\nv1\r\nEND\r\n`);
     expect(missing, 'sessions lost once the shared source died').to.deep.equal([]);
+  });
+
+  it('a node hung across a proxy restart is flushed and re-synced: no stale or deleted session', async function () {
+    this.timeout(30000);
+    c = await startCluster({ recovery: { resyncRate: 100000 } });
+    p = await MemcacheClient.connect(c.port);
+    const [A, B] = [0, 1];
+    const keys = await storeOnPair('cold', A, B, 200);
+    const probe = keyOn(c, 'coldprobe', A, B);
+    // A hangs and is marked down; half the sessions change, half are logged out.
+    c.nodes[A]!.pause();
+    paused.add(A);
+    for (let t = 0; t < 20 && c.proxy.nodes[A]!.isUp; t++) await p.command(`get ${probe}`);
+    await c.waitNode(A, false);
+    const changed = keys.filter((_, i) => i % 2 === 0);
+    const deleted = keys.filter((_, i) => i % 2 === 1);
+    const sets = await p.pipeline(changed.map((k) => [`set ${k} 0 0 2`, 'v2'] as [string, string]));
+    expect(new Set(sets)).to.deep.equal(new Set(['STORED\r\n']));
+    const dels = await p.pipeline(deleted.map((k) => `delete ${k}`));
+    expect(new Set(dels)).to.deep.equal(new Set(['DELETED\r\n']));
+    // msproxy restarts while A still hangs: the new process never saw what A missed.
+    p.close();
+    await c.restartProxy();
+    p = await MemcacheClient.connect(c.port);
+    for (let t = 0; t < 20 && c.proxy.nodes[A]!.isUp; t++) await p.command(`get ${probe}`);
+    await c.waitNode(A, false);
+    const runs = c.proxy.recovery.resyncRuns(A);
+    c.nodes[A]!.resume();
+    paused.delete(A);
+    await c.waitNode(A, true, 5000);
+    const got = await p.pipeline(keys.map((k) => `get ${k}`));
+    const wrong = keys.filter((k, i) => {
+      const want = i % 2 === 0 ? `VALUE ${k} 0 2\r\nv2\r\nEND\r\n` : 'END\r\n';
+      return got[i] !== want;
+    });
+    expect(wrong, 'sessions read stale or resurrected').to.deep.equal([]);
+    await until('the re-sync of A', 10000, () => {
+      const r = c.proxy.recovery;
+      return r.resyncRuns(A) > runs && r.resyncState(A) === 'done';
+    });
+    // A itself holds the new values and none of the deleted sessions.
+    await expectAllOn(c.nodes[A]!, changed, 'v2');
+    const onA = await direct(c.nodes[A]!);
+    try {
+      const left = await onA.pipeline(deleted.map((k) => `get ${k}`));
+      expect(
+        left.filter((r) => r !== 'END\r\n'),
+        'deleted sessions on A',
+      ).to.deep.equal([]);
+    } finally {
+      onA.close();
+    }
+  });
+
+  it('a node restarted empty while msproxy was down is re-synced, so killing its partner loses nothing', async function () {
+    this.timeout(30000);
+    c = await startCluster({ recovery: { resyncRate: 100000 } });
+    p = await MemcacheClient.connect(c.port);
+    const [A, B] = [0, 1];
+    const keys = await storeOnPair('coldkill', A, B, 200);
+    // A dies; msproxy restarts; A comes back empty: the new process never knew A's old pid.
+    await c.kill(A);
+    p.close();
+    await c.restartProxy();
+    p = await MemcacheClient.connect(c.port);
+    await c.waitNode(A, false);
+    const runs = c.proxy.recovery.resyncRuns(A);
+    await c.restart(A);
+    await c.waitNode(A, true, 5000);
+    await until('the re-sync of A', 10000, () => {
+      const r = c.proxy.recovery;
+      return r.resyncRuns(A) > runs && r.resyncState(A) === 'done';
+    });
+    await expectAllOn(c.nodes[A]!, keys);
+    await c.kill(B);
+    await c.waitNode(B, false, 3000);
+    const got = await p.pipeline(keys.map((k) => `get ${k}`));
+    const lost = keys.filter((k, i) => got[i] !== `VALUE ${k} 0 2\r\nv1\r\nEND\r\n`);
+    expect(lost, 'sessions lost with B').to.deep.equal([]);
+  });
+
+  it('stopping msproxy answers the commands it already read, then closes', async function () {
+    this.timeout(30000);
+    c = await startCluster();
+    p = await MemcacheClient.connect(c.port);
+    const idle = await MemcacheClient.connect(c.port);
+    const [A, B] = [0, 1];
+    const k = keyOn(c, 'drain', A, B);
+    expect(await p.command(`set ${k} 0 0 2`, 'v1')).to.equal('STORED\r\n');
+    // A get is in flight to A (hung for a moment) when msproxy is told to stop.
+    c.nodes[A]!.pause();
+    paused.add(A);
+    const pending = p.command(`get ${k}`);
+    await sleep(30);
+    const stopped = c.proxy.close();
+    await sleep(50);
+    c.nodes[A]!.resume();
+    paused.delete(A);
+    expect(await pending).to.equal(`VALUE ${k} 0 2\r\nv1\r\nEND\r\n`);
+    await stopped;
+    await until('both connections closed', 3000, () => p.closed && idle.closed);
+    const refused = await MemcacheClient.connect(c.port).then(
+      (late) => (late.close(), false),
+      () => true,
+    );
+    expect(refused, 'a new connection after the stop is refused').to.equal(true);
   });
 
   it('a re-sync copies keys of any bytes (the key listing is URL-encoded)', async function () {

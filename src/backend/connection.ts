@@ -58,9 +58,21 @@ const live = new Set<BackendConnection>();
 let sweeper: NodeJS.Timeout | null = null;
 const SWEEP_MS = 10;
 
+/**
+ * Timers run before the poll phase reads sockets. After msproxy itself stalled
+ * (a long GC, a starved CPU), replies that arrived during the stall are still
+ * unread when the sweep runs, and every request would look late. So a late
+ * request is judged only in the check phase, after this turn's reads: if its
+ * reply was in, it is no longer at the head.
+ */
 function sweep(): void {
   const now = performance.now();
-  for (const c of live) c.checkTimeout(now);
+  let late = false;
+  for (const c of live) late ||= c.isLate(now);
+  if (late)
+    setImmediate(() => {
+      for (const c of live) c.checkTimeout(now);
+    });
 }
 
 export class BackendConnection {
@@ -161,9 +173,14 @@ export class BackendConnection {
     this.push(cb, performance.now() + this.options.requestTimeoutMs);
   }
 
+  /** Whether the oldest request in flight has passed its deadline at `now`. */
+  isLate(now: number): boolean {
+    return this.count > 0 && this.deadlines[this.head]! <= now;
+  }
+
   /** Called by the shared sweeper. */
   checkTimeout(now: number): void {
-    if (this.count > 0 && this.deadlines[this.head]! <= now) {
+    if (this.isLate(now)) {
       this.destroy(
         new BackendError(
           'MSP_BACKEND_TIMEOUT',

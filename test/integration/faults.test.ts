@@ -793,6 +793,31 @@ describe('fencing and re-sync edge cases', function () {
     expect(lost, 'sessions lost with B').to.deep.equal([]);
   });
 
+  it('a stall of msproxy itself past the request timeout fails no request whose reply came in', async function () {
+    this.timeout(30000);
+    c = await startCluster({ nodes: 1, replicas: 1 });
+    p = await MemcacheClient.connect(c.port);
+    expect(await p.command('set stall 0 0 2', 'v1')).to.equal('STORED\r\n');
+    // Right after the get goes out to memcached, this process (msproxy's event loop) is busy
+    // for three request timeouts, as in a long GC or on a starved CPU; memcached answers
+    // meanwhile. The timeout sweep then runs before the reply is read.
+    const node = c.proxy.nodes[0]!;
+    const send = node.send.bind(node);
+    let stalls = 0;
+    node.send = (lane, data, expect, cb) => {
+      send(lane, data, expect, cb);
+      if (stalls++ > 0) return;
+      setImmediate(() => {
+        const until = performance.now() + 3 * c.config.timeouts.requestMs;
+        while (performance.now() < until);
+      });
+    };
+    expect(await p.command('get stall')).to.equal('VALUE stall 0 2\r\nv1\r\nEND\r\n');
+    expect(stalls, 'the get went through the patched send').to.equal(1);
+    expect(node.errors, 'requests msproxy gave up on').to.equal(0);
+    expect(node.isUp).to.equal(true);
+  });
+
   it('stopping msproxy answers the commands it already read, then closes', async function () {
     this.timeout(30000);
     c = await startCluster();

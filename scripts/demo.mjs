@@ -7,7 +7,8 @@ import { writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-const ports = [21211, 21212, 21213];
+const ports = (process.env.MSPROXY_DEMO_NODE_PORTS ?? '21211,21212,21213').split(',').map(Number);
+let stopping = false;
 const listen = Number(process.env.MSPROXY_DEMO_PORT ?? 22122);
 const children = [];
 const root = process.getuid?.() === 0 ? ['-u', 'root'] : [];
@@ -24,6 +25,16 @@ for (const port of ports) {
       `cannot start memcached (${err.message}); install it: sudo apt-get install -y memcached`,
     );
     process.exit(1);
+  });
+  // A port already taken makes memcached exit at once; going on would put the demo in front of
+  // whatever else listens there.
+  mc.on('exit', (code, signal) => {
+    if (stopping) return;
+    console.error(
+      `memcached on port ${port} exited (${signal ?? code}): is the port taken? ` +
+        'Set MSPROXY_DEMO_NODE_PORTS=a,b,c for other ports.',
+    );
+    stop(1);
   });
   children.push(mc);
 }
@@ -68,13 +79,16 @@ Ctrl-C stops the demo.
 }
 setTimeout(tryIt, 300);
 
-const stop = () => {
+function stop(code = 0) {
+  if (stopping) return;
+  stopping = true;
   for (const c of children) c.kill('SIGTERM');
-  process.exit(0);
-};
-process.on('SIGINT', stop);
-process.on('SIGTERM', stop);
+  process.exit(code);
+}
+process.on('SIGINT', () => stop());
+process.on('SIGTERM', () => stop());
 proxy.on('exit', (code) => {
+  if (stopping) return;
   if (code) console.error(`msproxy exited with ${code}`);
-  stop();
+  stop(code ? 1 : 0);
 });

@@ -134,6 +134,7 @@ export const configSchema = z
       });
     }
     const seen = new Map<string, number>();
+    const at = new Map<string, number>();
     c.nodes.forEach((n, i) => {
       const label = nodeLabel(n);
       const prev = seen.get(label);
@@ -145,8 +146,38 @@ export const configSchema = z
         });
       }
       seen.set(label, i);
+      // Two labels on one memcached would put both replicas of many keys on that one process.
+      const keys = addressKeys(n);
+      const same = prev === undefined ? keys.find((k) => at.has(k)) : undefined;
+      if (same !== undefined) {
+        const j = at.get(same)!;
+        ctx.addIssue({
+          code: 'custom',
+          path: ['nodes', i],
+          message: `duplicate address ${describe(n)} (same memcached as nodes[${j}], ${describe(c.nodes[j]!)})`,
+        });
+      }
+      for (const k of keys) if (!at.has(k)) at.set(k, i);
     });
   });
+
+/** A node for an error message: its address, and its name if it has one. */
+function describe(n: { host: string; port: number; name?: string | undefined }): string {
+  const address = `${n.host.includes(':') ? `[${n.host}]` : n.host}:${n.port}`;
+  return n.name === undefined ? address : `${address} "${n.name}"`;
+}
+
+/**
+ * What a node's address is compared by to find one memcached listed twice:
+ * the host without case, and the port. Names are not resolved, except that
+ * `localhost` matches both `127.0.0.1` and `::1` (it may resolve to either);
+ * those two do not match each other.
+ */
+function addressKeys(n: { host: string; port: number }): string[] {
+  const host = n.host.toLowerCase();
+  if (host === 'localhost') return [`127.0.0.1 ${n.port}`, `::1 ${n.port}`];
+  return [`${host} ${n.port}`];
+}
 
 export type Config = z.output<typeof configSchema>;
 export type NodeConfig = Config['nodes'][number];

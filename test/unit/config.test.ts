@@ -1,0 +1,72 @@
+/**
+ * Config validation (src/config.ts): nodes listed twice, by ring label or by
+ * address.
+ */
+
+import { expect } from 'chai';
+import { ConfigError, parseConfig } from '../../src/config.js';
+
+function withNodes(nodes: unknown[]): unknown {
+  return { listen: '127.0.0.1:0', nodes, replicas: 2 };
+}
+
+/** The error text parseConfig throws for `nodes`. */
+function refusal(nodes: unknown[]): string {
+  try {
+    parseConfig(withNodes(nodes));
+  } catch (err) {
+    expect(err).to.be.instanceOf(ConfigError);
+    return (err as Error).message;
+  }
+  throw new Error(`accepted ${JSON.stringify(nodes)}`);
+}
+
+describe('config: nodes listed twice', function () {
+  it('refuses a duplicate ring label', function () {
+    expect(refusal(['a:1', 'b:2', 'a:1'])).to.equal(
+      'config: nodes[2]: duplicate node a:1 (same as nodes[0])',
+    );
+  });
+
+  it('refuses one address under two labels, naming both entries', function () {
+    expect(refusal(['127.0.0.1:41211', { host: '127.0.0.1', port: 41211, name: 'x' }])).to.equal(
+      'config: nodes[1]: duplicate address 127.0.0.1:41211 "x" (same memcached as nodes[0], 127.0.0.1:41211)',
+    );
+  });
+
+  it('compares hosts without case', function () {
+    expect(refusal(['Cache-A:11211', { host: 'cache-a', port: 11211, name: 'b' }])).to.equal(
+      'config: nodes[1]: duplicate address cache-a:11211 "b" (same memcached as nodes[0], Cache-A:11211)',
+    );
+  });
+
+  it('takes localhost for 127.0.0.1 and for ::1', function () {
+    expect(refusal(['127.0.0.1:5000', 'localhost:5000'])).to.equal(
+      'config: nodes[1]: duplicate address localhost:5000 (same memcached as nodes[0], 127.0.0.1:5000)',
+    );
+    expect(refusal(['localhost:5000', '[::1]:5000'])).to.equal(
+      'config: nodes[1]: duplicate address [::1]:5000 (same memcached as nodes[0], localhost:5000)',
+    );
+  });
+
+  it('accepts the same host on other ports, and 127.0.0.1 beside ::1', function () {
+    const c = parseConfig(
+      withNodes(['127.0.0.1:5000', '127.0.0.1:5001', '[::1]:5000', { host: 'a', port: 1 }]),
+    );
+    expect(c.nodes.map((n) => `${n.host} ${n.port}`)).to.deep.equal([
+      '127.0.0.1 5000',
+      '127.0.0.1 5001',
+      '::1 5000',
+      'a 1',
+    ]);
+  });
+
+  it('reports every duplicate, one line each', function () {
+    expect(
+      refusal(['a:1', 'b:2', { host: 'A', port: 1, name: 'n' }, 'b:2']).split('\n'),
+    ).to.deep.equal([
+      'config: nodes[2]: duplicate address A:1 "n" (same memcached as nodes[0], a:1)',
+      'config: nodes[3]: duplicate node b:2 (same as nodes[1])',
+    ]);
+  });
+});

@@ -1008,6 +1008,7 @@ export class Router {
       ['proxy_worker', this.options.worker ?? 0],
       ['proxy_workers', this.options.workers ?? 1],
       ['proxy_client_errors', s.clientErrors],
+      ['proxy_binary_refused', s.binaryRefused],
       ['proxy_failover_reads', s.failoverReads],
       ['proxy_read_repairs', s.readRepairs],
       ['proxy_replication_failures', s.replicationFailures],

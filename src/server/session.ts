@@ -11,11 +11,22 @@
  * unanswered or while its socket must drain, and resumes when neither holds,
  * so a client that pipelines without reading cannot make msproxy buffer
  * without bound.
+ *
+ * A connection whose first byte is 0x80 speaks memcached's binary protocol:
+ * once its 24-byte header is in, it is answered one binary "not supported"
+ * response and closed (memcached itself tells the protocols apart by that
+ * byte). Until then it waits like any incomplete command.
  */
 
 import type net from 'node:net';
+import type { Logger } from 'pino';
 import { type Out, type Router, unlinkRequest } from '../routing/router.js';
 import { readRaw } from '../net/raw-read.js';
+import {
+  BINARY_HEADER_LENGTH,
+  BINARY_REQUEST_MAGIC,
+  encodeBinaryRefusal,
+} from '../protocol/encoder.js';
 import { RequestParser } from '../protocol/request-parser.js';
 import type { ProtocolError, Request } from '../protocol/request.js';
 import type { Stats } from '../stats.js';
@@ -37,6 +48,16 @@ const GATHER_MAX = 4096;
 const PAUSE_AT = 64 * 1024;
 /** flush()'s list of pieces to write; always emptied before flush returns. */
 const gather: Buffer[] = [];
+
+/**
+ * Where sessions log what an operator should see (a binary-protocol client).
+ * Set by the process that runs the proxy (cli.ts, workers.ts); unset, sessions log nothing.
+ */
+let sessionLog: Logger | null = null;
+
+export function setSessionLog(log: Logger | null): void {
+  sessionLog = log;
+}
 
 /** Sessions with replies ready this turn, written together in the check phase. */
 const readyThisTurn = new TurnQueue<ClientSession>((s) => s.flushQueuedReplies());
@@ -85,6 +106,11 @@ export class ClientSession {
   private barrier = false;
   /** Commands waiting behind a barrier: request, slot, request, slot, ... */
   private held: (Request | Slot)[] = [];
+  /** No byte read yet, or a binary request's header is still arriving (see sniff). */
+  private sniffing = true;
+  /** The binary header read so far. */
+  private binary: Buffer | null = null;
+  private binaryRead = 0;
 
   constructor(socket: net.Socket, router: Router, stats: Stats, options: SessionOptions) {
     this.socket = socket;
@@ -100,7 +126,8 @@ export class ClientSession {
     );
     socket.setNoDelay(true);
     const onChunk = (chunk: Buffer): void => {
-      if (!this.closing) this.parser.push(chunk);
+      if (this.closing || (this.sniffing && this.sniff(chunk))) return;
+      this.parser.push(chunk);
     };
     if (!readRaw(socket, onChunk)) socket.on('data', onChunk);
     socket.on('drain', () => {
@@ -116,6 +143,45 @@ export class ClientSession {
     });
     // The server accepts paused (see readRaw): reading starts here.
     socket.resume();
+  }
+
+  /**
+   * Look at the connection's first bytes; true if `chunk` was taken here
+   * (part of a binary request), false once it is text (the parser takes it,
+   * and no later chunk comes here).
+   */
+  private sniff(chunk: Buffer): boolean {
+    if (this.binary === null) {
+      if (chunk.length === 0) return true;
+      if (chunk[0] !== BINARY_REQUEST_MAGIC) {
+        this.sniffing = false;
+        return false;
+      }
+      this.binary = Buffer.alloc(BINARY_HEADER_LENGTH);
+    }
+    this.binaryRead += chunk.copy(this.binary, this.binaryRead);
+    if (this.binaryRead === BINARY_HEADER_LENGTH) {
+      this.sniffing = false;
+      this.refuseBinary(this.binary);
+    }
+    return true;
+  }
+
+  /** Answer a binary request's header with "not supported" and close (what follows it is dropped). */
+  private refuseBinary(header: Buffer): void {
+    this.stats.binaryRefused++;
+    sessionLog?.warn(
+      {
+        remoteAddress: this.socket.remoteAddress,
+        remotePort: this.socket.remotePort,
+        opcode: header[1],
+      },
+      'binary protocol client refused: msproxy speaks the text protocol only',
+    );
+    const slot = this.reserve();
+    slot.close = true;
+    this.closing = true;
+    this.fill(slot, encodeBinaryRefusal(header));
   }
 
   private reserve(): Slot {

@@ -1,8 +1,9 @@
 /**
  * `msproxy --config <file>`: validate the config, start the proxy, and stop
- * cleanly on SIGINT/SIGTERM. `--check` validates and exits. With `workers`
- * over 1 this process becomes the cluster primary, and each worker it forks
- * runs this same entry point (told apart by MSP_WORKER).
+ * cleanly on SIGINT/SIGTERM. SIGHUP is logged and ignored (see
+ * ignoreHangup). `--check` validates and exits. With `workers` over 1 this
+ * process becomes the cluster primary, and each worker it forks runs this
+ * same entry point (told apart by MSP_WORKER).
  */
 
 import cluster from 'node:cluster';
@@ -11,7 +12,7 @@ import { pino } from 'pino';
 import { ConfigError, loadConfig, parseConfig } from './config.js';
 import { Proxy } from './server/proxy.js';
 import { setSessionLog } from './server/session.js';
-import { runPrimary, runWorker } from './server/workers.js';
+import { ignoreHangup, runPrimary, runWorker } from './server/workers.js';
 import { VERSION } from './version.js';
 
 export async function main(argv: string[]): Promise<number> {
@@ -58,6 +59,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   const log = pino({ level: config.log.level, base: { pid: process.pid } });
   if (config.workers > 1) return runPrimary(config, log);
+  ignoreHangup(log);
   setSessionLog(log);
   const proxy = new Proxy(config, log);
   try {

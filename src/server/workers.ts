@@ -2,8 +2,9 @@
  * `workers: N` (node:cluster): N worker processes share the listening port,
  * each a whole Proxy with the same config, so every worker puts a key on the
  * same nodes. The primary serves no clients. It forks the workers, restarts
- * one that dies (with backoff), stops them all on SIGINT/SIGTERM, and runs the
- * RejoinCoordinator, which keeps the workers' view of the nodes in step:
+ * one that dies (with backoff), stops them all on SIGINT/SIGTERM (SIGHUP is
+ * logged and ignored), and runs the RejoinCoordinator, which keeps the
+ * workers' view of the nodes in step:
  *
  * - A node that any worker takes out of service is taken out in all of them.
  * - A node that comes back serves reads again only once every worker has
@@ -234,10 +235,27 @@ const RESTART_MAX_MS = 10_000;
 const STABLE_MS = 30_000;
 
 /**
+ * SIGHUP's default action kills the process, and with it the outage logs,
+ * which live only in memory. Config reload is not implemented, so a hangup
+ * (a closed terminal, or a reload by habit) is logged with `log` and
+ * otherwise ignored; without `log` (a worker: the primary logs it, and a
+ * terminal's hangup reaches every process of the group) silently.
+ */
+export function ignoreHangup(log: Logger | null): void {
+  process.on('SIGHUP', () => {
+    log?.warn(
+      { signal: 'SIGHUP' },
+      'SIGHUP: config reload is not supported; restart msproxy to apply a new config',
+    );
+  });
+}
+
+/**
  * The primary: fork `config.workers` workers and supervise them until
  * SIGINT/SIGTERM. Resolves with the exit code (1 if a worker cannot start).
  */
 export function runPrimary(config: Config, log: Logger): Promise<number> {
+  ignoreHangup(log);
   const n = config.workers;
   const slots = new Array<Worker | null>(n).fill(null);
   const restarts = new Array<number>(n).fill(0);
@@ -342,6 +360,7 @@ export async function runWorker(config: Config, log: Logger, index: number): Pro
 }
 
 async function serveAsWorker(config: Config, log: Logger, index: number): Promise<number> {
+  ignoreHangup(null);
   const post = (msg: ToPrimary): void => {
     if (process.connected) process.send!(msg);
   };

@@ -11,7 +11,6 @@ import { Command } from 'commander';
 import { pino } from 'pino';
 import { ConfigError, loadConfig, parseConfig } from './config.js';
 import { Proxy } from './server/proxy.js';
-import { setSessionLog } from './server/session.js';
 import { ignoreHangup, runPrimary, runWorker } from './server/workers.js';
 import { VERSION } from './version.js';
 
@@ -60,7 +59,6 @@ export async function main(argv: string[]): Promise<number> {
   const log = pino({ level: config.log.level, base: { pid: process.pid } });
   if (config.workers > 1) return runPrimary(config, log);
   ignoreHangup(log);
-  setSessionLog(log);
   const proxy = new Proxy(config, log);
   try {
     await proxy.start();

@@ -130,7 +130,7 @@ export const configSchema = z
       ctx.addIssue({
         code: 'custom',
         path: ['replicas'],
-        message: `replicas (${c.replicas}) cannot exceed the number of nodes (${c.nodes.length})`,
+        message: `replicas (${c.replicas}; 2 when not set) cannot exceed the number of nodes (${c.nodes.length})`,
       });
     }
     const seen = new Map<string, number>();

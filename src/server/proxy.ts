@@ -112,6 +112,7 @@ export class Proxy {
       maxInflight: this.config.limits.maxInflight,
       itemSizeMax: this.config.limits.itemSizeMax,
       maxMultigetLine: this.config.limits.maxMultigetLine,
+      log: this.log,
     });
     this.sessions.set(socket, session);
   }

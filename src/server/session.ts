@@ -36,6 +36,8 @@ export interface SessionOptions {
   maxInflight: number;
   itemSizeMax: number;
   maxMultigetLine: number;
+  /** Where a session logs what an operator should see (a binary-protocol client). */
+  log: Logger;
 }
 
 /** Ready replies up to this many bytes (Buffer's pool size) are copied into one buffer (see flush). */
@@ -48,16 +50,6 @@ const GATHER_MAX = 4096;
 const PAUSE_AT = 64 * 1024;
 /** flush()'s list of pieces to write; always emptied before flush returns. */
 const gather: Buffer[] = [];
-
-/**
- * Where sessions log what an operator should see (a binary-protocol client).
- * Set by the process that runs the proxy (cli.ts, workers.ts); unset, sessions log nothing.
- */
-let sessionLog: Logger | null = null;
-
-export function setSessionLog(log: Logger | null): void {
-  sessionLog = log;
-}
 
 /** Sessions with replies ready this turn, written together in the check phase. */
 const readyThisTurn = new TurnQueue<ClientSession>((s) => s.flushQueuedReplies());
@@ -87,6 +79,7 @@ export class ClientSession {
   private readonly stats: Stats;
   private readonly parser: RequestParser;
   private readonly maxInflight: number;
+  private readonly log: Logger;
   private head: Slot | null = null;
   private tail: Slot | null = null;
   private inflight = 0;
@@ -117,6 +110,7 @@ export class ClientSession {
     this.router = router;
     this.stats = stats;
     this.maxInflight = options.maxInflight;
+    this.log = options.log;
     this.parser = new RequestParser(
       {
         onRequest: (req) => this.onRequest(req),
@@ -170,7 +164,7 @@ export class ClientSession {
   /** Answer a binary request's header with "not supported" and close (what follows it is dropped). */
   private refuseBinary(header: Buffer): void {
     this.stats.binaryRefused++;
-    sessionLog?.warn(
+    this.log.warn(
       {
         remoteAddress: this.socket.remoteAddress,
         remotePort: this.socket.remotePort,

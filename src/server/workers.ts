@@ -23,7 +23,6 @@ import type { Config } from '../config.js';
 import type { RejoinGate } from '../routing/rejoin-gate.js';
 import { VERSION } from '../version.js';
 import { Proxy } from './proxy.js';
-import { setSessionLog } from './session.js';
 
 /** Worker -> primary. */
 export type ToPrimary =
@@ -394,7 +393,6 @@ async function serveAsWorker(config: Config, log: Logger, index: number): Promis
   });
   post({ msp: 'hello' });
   const down = await init;
-  setSessionLog(log);
   proxy = new Proxy(config, log, { gate, worker: index });
   for (const node of down) proxy.nodes[node]!.markDownNow('down in the other workers');
   for (const msg of early.splice(0)) apply(msg);

@@ -1,6 +1,6 @@
 /**
  * Config validation (src/config.ts): nodes listed twice, by ring label or by
- * address.
+ * address, and replicas against the number of nodes.
  */
 
 import { expect } from 'chai';
@@ -68,5 +68,19 @@ describe('config: nodes listed twice', function () {
       'config: nodes[2]: duplicate address A:1 "n" (same memcached as nodes[0], a:1)',
       'config: nodes[3]: duplicate node b:2 (same as nodes[1])',
     ]);
+  });
+});
+
+describe('config: replicas', function () {
+  it('says that replicas defaults to 2 when one node is given without it', function () {
+    let message = '';
+    try {
+      parseConfig({ listen: '127.0.0.1:0', nodes: ['127.0.0.1:11211'] });
+    } catch (err) {
+      message = (err as Error).message;
+    }
+    expect(message).to.equal(
+      'config: replicas: replicas (2; 2 when not set) cannot exceed the number of nodes (1)',
+    );
   });
 });

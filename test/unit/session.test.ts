@@ -9,6 +9,7 @@
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { expect } from 'chai';
+import { pino } from 'pino';
 import type { Request } from '../../src/protocol/request.js';
 import type { Done, Router } from '../../src/routing/router.js';
 import { ClientSession } from '../../src/server/session.js';
@@ -61,6 +62,7 @@ async function session(behind: boolean): Promise<FakeSocket> {
     maxInflight: 1000,
     itemSizeMax: 1024 * 1024,
     maxMultigetLine: 64 * 1024,
+    log: pino({ level: 'silent' }),
   });
   return sock;
 }

@@ -116,6 +116,12 @@ export class BackendNode {
   private stopped = false;
   /** The process last seen on this node, once known. */
   identity: Identity | null = null;
+  /**
+   * The node answered the first `stats` of this process before ever failing:
+   * it was serving when msproxy started, so its contents are taken as they
+   * are (see Recovery's firstContact for a node that was not).
+   */
+  answeredAtStart = false;
   /** Counters for stats. */
   requests = 0;
   errors = 0;
@@ -202,11 +208,18 @@ export class BackendNode {
     const conn = this.connect();
     // First on the connection: who answers here? A restart empties the node.
     conn.send(STATS, EXPECT_LINES, (err, reply) => {
-      if (err !== null) return;
+      if (err !== null) {
+        // The first stats of this process failed: the node is down or hung. Out of service now
+        // (one failure would otherwise not reach failureThreshold), so that its first answer
+        // comes through a probe, which tells the owner what it holds is unknown.
+        if (this.identity === null) this.markDown(err.message);
+        return;
+      }
       const id = identityOf(reply);
       if (id === null) return;
       const before = this.identity;
       this.identity = id;
+      if (before === null && this.downCount === 0) this.answeredAtStart = true;
       if (!hasMetaCommands(id.version) && before?.version !== id.version) {
         this.log.error(
           { node: this.label, address: this.address, version: id.version },

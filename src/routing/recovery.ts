@@ -218,18 +218,20 @@ export class Recovery {
    * A node that was down or hung when this process started answers for the
    * first time. What it missed while msproxy was not running (or was running
    * with the log that died with it) is unknown: it may hold sessions since
-   * changed or deleted, or be empty. So it is flushed at this rejoin and
-   * refilled, as after an outage log overflow, when another node is up that
-   * this process has seen answer. With none, it is taken as it is: there is
-   * nothing to compare it with, and flushing every node would lose everything.
+   * changed or deleted, or be empty. When every other node answered at start
+   * and is up, they hold every key's other copy, so this node is flushed at
+   * its rejoin and refilled, as after an outage log overflow. Otherwise a
+   * flush could take the last copy of some keys (their other node is not up,
+   * or was itself unreachable at start), so the node is taken as it is.
    * Returns `restarted` for the rejoin.
    */
   private firstContact(node: BackendNode): boolean {
-    const other = this.nodes.some((n) => n !== node && n.isUp && n.identity !== null);
-    if (!other) {
+    const others = this.nodes.every((n) => n === node || (n.isUp && n.answeredAtStart));
+    if (!others) {
       this.log.warn(
         { node: node.label },
-        'node answers for the first time and no other node is up: served as it is',
+        'node answers for the first time since msproxy started, and not every other node ' +
+          'answered at start and is up: served as it is',
       );
       return false;
     }

@@ -766,6 +766,66 @@ describe('fencing and re-sync edge cases', function () {
     }
   });
 
+  it('a node hung at msproxy start is flushed when it answers, even if no client needed it meanwhile', async function () {
+    this.timeout(30000);
+    c = await startCluster({ recovery: { resyncRate: 100000 } });
+    p = await MemcacheClient.connect(c.port);
+    const [A, B] = [0, 1];
+    const keys = await storeOnPair('quiet', A, B, 100);
+    const probe = keyOn(c, 'quietprobe', A, B);
+    c.nodes[A]!.pause();
+    paused.add(A);
+    for (let t = 0; t < 20 && c.proxy.nodes[A]!.isUp; t++) await p.command(`get ${probe}`);
+    await c.waitNode(A, false);
+    const dels = await p.pipeline(keys.map((k) => `delete ${k}`));
+    expect(new Set(dels)).to.deep.equal(new Set(['DELETED\r\n']));
+    p.close();
+    // msproxy restarts while A hangs, and no client asks anything of A: only the start-up
+    // stats fails, one failure of failureThreshold's two.
+    await c.restartProxy();
+    await c.waitNode(A, false);
+    c.nodes[A]!.resume();
+    paused.delete(A);
+    await c.waitNode(A, true, 5000);
+    p = await MemcacheClient.connect(c.port);
+    const got = await p.pipeline(keys.map((k) => `get ${k}`));
+    expect(
+      keys.filter((_, i) => got[i] !== 'END\r\n'),
+      'deleted sessions read back',
+    ).to.deep.equal([]);
+  });
+
+  it('every node hung across a proxy restart: each is served as it is, and no session is lost', async function () {
+    this.timeout(30000);
+    c = await startCluster({ recovery: { resyncRate: 100000 } });
+    p = await MemcacheClient.connect(c.port);
+    const [B, C] = [1, 2];
+    const keys = await storeOnPair('blip', B, C, 200);
+    p.close();
+    // Every node hangs (a network blip) while msproxy restarts, then they come back one by
+    // one. No node answered at start, so none can vouch for another: a flush of B or C would
+    // take the only other copy of their shared keys.
+    for (const i of [0, 1, 2]) {
+      c.nodes[i]!.pause();
+      paused.add(i);
+    }
+    await c.restartProxy();
+    for (const i of [0, 1, 2]) await c.waitNode(i, false);
+    for (const i of [0, 1, 2]) {
+      c.nodes[i]!.resume();
+      paused.delete(i);
+      await c.waitNode(i, true, 5000);
+    }
+    p = await MemcacheClient.connect(c.port);
+    const flushes = new Map(c.proxy.recovery.rows());
+    expect([0, 1, 2].map((i) => flushes.get(`proxy_node_${i}_rejoin_flushes`))).to.deep.equal([
+      0, 0, 0,
+    ]);
+    const got = await p.pipeline(keys.map((k) => `get ${k}`));
+    const lost = keys.filter((k, i) => got[i] !== `VALUE ${k} 0 2\r\nv1\r\nEND\r\n`);
+    expect(lost, 'sessions lost').to.deep.equal([]);
+  });
+
   it('a node restarted empty while msproxy was down is re-synced, so killing its partner loses nothing', async function () {
     this.timeout(30000);
     c = await startCluster({ recovery: { resyncRate: 100000 } });

@@ -4,6 +4,7 @@
  */
 
 import { readFileSync } from 'node:fs';
+import { isIPv6 } from 'node:net';
 import { z } from 'zod';
 
 const HOST_PORT = /^(.+):(\d{1,5})$/;
@@ -174,9 +175,33 @@ function describe(n: { host: string; port: number; name?: string | undefined }):
  * those two do not match each other.
  */
 function addressKeys(n: { host: string; port: number }): string[] {
-  const host = n.host.toLowerCase();
+  const host = canonicalHost(n.host);
   if (host === 'localhost') return [`127.0.0.1 ${n.port}`, `::1 ${n.port}`];
   return [`${host} ${n.port}`];
+}
+
+/**
+ * One spelling per address: lower case, no trailing dot, IPv4 in dotted
+ * quads (`127.1` is 127.0.0.1), IPv6 compressed, and IPv4-mapped IPv6
+ * (`::ffff:127.0.0.1`) as its IPv4 address. The WHATWG URL parser does the
+ * numeric forms.
+ */
+function canonicalHost(raw: string): string {
+  let host = raw.toLowerCase();
+  if (host.endsWith('.')) host = host.slice(0, -1);
+  let parsed: string;
+  try {
+    parsed = new URL(`http://${isIPv6(host) ? `[${host}]` : host}`).hostname;
+  } catch {
+    return host;
+  }
+  if (!parsed.startsWith('[')) return parsed;
+  const v6 = parsed.slice(1, -1);
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(v6);
+  if (mapped === null) return v6;
+  const hi = Number.parseInt(mapped[1]!, 16);
+  const lo = Number.parseInt(mapped[2]!, 16);
+  return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
 }
 
 export type Config = z.output<typeof configSchema>;

@@ -71,6 +71,31 @@ describe('config: nodes listed twice', function () {
   });
 });
 
+describe('config: one address, other spellings', function () {
+  for (const [a, b] of [
+    ['::1', '0:0:0:0:0:0:0:1'],
+    ['127.0.0.1', '::ffff:127.0.0.1'],
+    ['localhost', 'LOCALHOST.'],
+    ['127.0.0.1', '127.1'],
+    ['cache-a.example', 'Cache-A.example.'],
+  ]) {
+    it(`takes ${a} and ${b} for one memcached`, function () {
+      expect(
+        refusal([
+          { host: a, port: 11311 },
+          { host: b, port: 11311 },
+        ]),
+      ).to.match(/^config: nodes\[1\]: duplicate address /);
+    });
+  }
+
+  it('keeps distinct addresses apart', function () {
+    expect(() =>
+      parseConfig(withNodes(['10.0.0.1:1', '10.0.0.2:1', '[::2]:1', '::ffff:10.0.0.3:1'])),
+    ).not.to.throw();
+  });
+});
+
 describe('config: replicas', function () {
   it('says that replicas defaults to 2 when one node is given without it', function () {
     let message = '';

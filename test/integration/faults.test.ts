@@ -440,6 +440,15 @@ type Listing = (
   cb: (err: Error | null) => void,
 ) => void;
 
+/** Recovery's copy of one key to a re-syncing node (patched by tests to make copies fail). */
+type Refill = (node: number, key: Buffer, cb: (ok: boolean) => void) => void;
+
+/** Replace the live Recovery's refill by `wrap(real)`. */
+function patchRefill(c: Cluster, wrap: (real: Refill) => Refill): void {
+  const rec = c.proxy.recovery as unknown as { refill: Refill };
+  rec.refill = wrap(rec.refill.bind(rec));
+}
+
 /**
  * `n` keys whose only two copies are on nodes `a` and `b` (either one
  * primary). Their bytes are the latin1 of the string, as MemcacheClient sends them.
@@ -611,17 +620,14 @@ describe('fencing and re-sync edge cases', function () {
     const keys = await storeOnPair('copyfail', A, B, 50);
     // The first two copies of one key fail (as a timeout or an error reply on either node
     // would): in the first pass, and again when the second pass tries it once more.
-    type Refill = (node: number, key: Buffer, cb: (ok: boolean) => void) => void;
-    const rec = c.proxy.recovery as unknown as { refill: Refill };
-    const real = rec.refill.bind(rec);
     let failures = 0;
-    rec.refill = (node, key, cb) => {
+    patchRefill(c, (real) => (node, key, cb) => {
       if (key.toString('latin1') === keys[7] && failures < 2) {
         failures++;
         return cb(false);
       }
       real(node, key, cb);
-    };
+    });
     const runs = c.proxy.recovery.resyncRuns(A);
     await c.restart(A);
     await until('a re-sync of A that fails', 5000, () => {
@@ -963,16 +969,13 @@ describe('fencing and re-sync edge cases', function () {
     const keys = await storeOnPair('nosource', A, B, 20000);
     // As when the only other replica went down after the listing: refill() finds no source and
     // fails inside the call.
-    type Refill = (node: number, key: Buffer, cb: (ok: boolean) => void) => void;
-    const rec = c.proxy.recovery as unknown as { refill: Refill };
-    const real = rec.refill.bind(rec);
     let failing = true;
     let failures = 0;
-    rec.refill = (node, key, cb) => {
+    patchRefill(c, (real) => (node, key, cb) => {
       if (!failing) return real(node, key, cb);
       failures++;
       cb(false);
-    };
+    });
     const runs = c.proxy.recovery.resyncRuns(A);
     await c.restart(A);
     await until('a re-sync of A that fails', 10000, () => {

@@ -686,9 +686,10 @@ export class Recovery {
       }
       // Only copies failed: the retry copies just those keys. A listing failed: it lists again.
       // A run that failed only because a node was down runs again when a node comes back
-      // (rejoin), not on a timer.
+      // (rejoin), not on a timer; but if that node came back while this run went on, its
+      // rejoin found the run still going, so it runs again now.
       if (!incomplete && failedKeys.length > 0) s.resyncRetryKeys = failedKeys;
-      if (s.resyncFailed > 0) this.retryResync(node, run);
+      if (s.resyncFailed > 0 || this.nodes.every((n) => n.isUp)) this.retryResync(node, run);
     };
     // A copy with no source left (its other replicas went down) fails at once, inside refill():
     // as in replay(), its callback must not start the next copy from within the loop below.

@@ -646,6 +646,37 @@ describe('fencing and re-sync edge cases', function () {
     await expectAllOn(c.nodes[A]!, keys);
   });
 
+  it('a re-sync that listed while another node was down runs again if that node is back by its end', async function () {
+    this.timeout(30000);
+    c = await startCluster({ recovery: { resyncRate: 100000 } });
+    p = await MemcacheClient.connect(c.port);
+    const [A, B, C] = [0, 1, 2];
+    const keys = await storeOnPair('backmid', A, C, 100);
+    // B is down when A's re-sync lists its keys (so the run cannot be complete), and is back
+    // before the run ends: B's rejoin finds A's run still going.
+    const rec = c.proxy.recovery as unknown as { metadump: Listing };
+    const real = rec.metadump.bind(rec);
+    let release: (() => void) | null = null;
+    let listings = 0;
+    rec.metadump = (address, onKey, cb) => {
+      if (++listings === 1) release = () => real(address, onKey, cb);
+      else real(address, onKey, cb);
+    };
+    await c.kill(B);
+    await c.waitNode(B, false, 3000);
+    const runs = c.proxy.recovery.resyncRuns(A);
+    await c.restart(A);
+    await until('the first listing of the re-sync of A', 5000, () => release !== null);
+    await c.restart(B);
+    await c.waitNode(B, true, 5000);
+    release!();
+    await until('a complete re-sync of A', 10000, () => {
+      const r = c.proxy.recovery;
+      return r.resyncRuns(A) > runs + 1 && r.resyncState(A) === 'done';
+    });
+    await expectAllOn(c.nodes[A]!, keys);
+  });
+
   it('a node that restarts again during its re-sync is re-synced again', async function () {
     this.timeout(30000);
     c = await startCluster({ recovery: { resyncRate: 100000 } });

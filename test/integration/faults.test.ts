@@ -517,8 +517,9 @@ describe('fencing and re-sync edge cases', function () {
     // B hangs too, and A comes back while B is still down: A cannot be checked for k and d.
     c.nodes[B]!.pause();
     paused.add(B);
-    await p.command(`get ${k}`).catch(() => '');
-    await p.command(`get ${k}`).catch(() => '');
+    for (let t = 0; t < 20 && c.proxy.nodes[B]!.isUp; t++) {
+      await p.command(`get ${k}`).catch(() => '');
+    }
     await c.waitNode(B, false, 3000);
     c.nodes[A]!.resume();
     paused.delete(A);

@@ -207,7 +207,7 @@ function canonicalHost(raw: string): string {
 export type Config = z.output<typeof configSchema>;
 export type NodeConfig = Config['nodes'][number];
 
-/** The ring label of a node: its name, or host:port ("host" alone for 11211, as libmemcached hashes it). */
+/** The ring label of a node: its name, or host:port (the ring hashes "host" alone for port 11211, as libmemcached does). */
 export function nodeLabel(n: { host: string; port: number; name?: string | undefined }): string {
   if (n.name !== undefined) return n.name;
   return `${n.host}:${n.port}`;

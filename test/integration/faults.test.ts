@@ -440,6 +440,20 @@ type Listing = (
   cb: (err: Error | null) => void,
 ) => void;
 
+/** Replace the live Recovery's key listing by `wrap(real)`. */
+function patchListing(c: Cluster, wrap: (real: Listing) => Listing): void {
+  const rec = c.proxy.recovery as unknown as { metadump: Listing };
+  rec.metadump = wrap(rec.metadump.bind(rec));
+}
+
+/** A check for `until`: the latest re-sync of `node`, begun after run `after`, is in `state`. */
+function resyncIs(c: Cluster, node: number, after: number, state: string): () => boolean {
+  return () => {
+    const r = c.proxy.recovery;
+    return r.resyncRuns(node) > after && r.resyncState(node) === state;
+  };
+}
+
 /** Recovery's copy of one key to a re-syncing node (patched by tests to make copies fail). */
 type Refill = (node: number, key: Buffer, cb: (ok: boolean) => void) => void;
 
@@ -559,19 +573,13 @@ describe('fencing and re-sync edge cases', function () {
     await c.waitNode(B, false);
     const runs = c.proxy.recovery.resyncRuns(A);
     await c.restart(A);
-    await until('a re-sync of A that fails', 5000, () => {
-      const rec = c.proxy.recovery;
-      return rec.resyncRuns(A) > runs && rec.resyncState(A) === 'failed';
-    });
+    await until('a re-sync of A that fails', 5000, resyncIs(c, A, runs, 'failed'));
     // B returns (its copies are current: nothing was written meanwhile); A's re-sync runs again.
     const failedRuns = c.proxy.recovery.resyncRuns(A);
     c.nodes[B]!.resume();
     paused.delete(B);
     await c.waitNode(B, true, 3000);
-    await until('the retried re-sync of A', 5000, () => {
-      const rec = c.proxy.recovery;
-      return rec.resyncRuns(A) > failedRuns && rec.resyncState(A) === 'done';
-    });
+    await until('the retried re-sync of A', 5000, resyncIs(c, A, failedRuns, 'done'));
     // A holds every one of them itself now, so losing B loses nothing.
     await expectAllOn(c.nodes[A]!, keys);
     await c.kill(B);
@@ -591,17 +599,15 @@ describe('fencing and re-sync edge cases', function () {
     // The crawler skips an item in use as it passes (or one moving between LRU queues): here
     // the first listing of every source leaves out the first five keys.
     const skipped = new Set(keys.slice(0, 5));
-    const rec = c.proxy.recovery as unknown as { metadump: Listing };
-    const real = rec.metadump.bind(rec);
     let listings = 0;
-    rec.metadump = (address, onKey, cb) => {
+    patchListing(c, (real) => (address, onKey, cb) => {
       const n = ++listings;
       real(
         address,
         (k) => (n > 2 || !skipped.has(k.toString('latin1')) ? onKey(k) : undefined),
         cb,
       );
-    };
+    });
     const runs = c.proxy.recovery.resyncRuns(A);
     await c.restart(A);
     await until('the re-sync of A', 5000, () => {
@@ -631,16 +637,10 @@ describe('fencing and re-sync edge cases', function () {
     });
     const runs = c.proxy.recovery.resyncRuns(A);
     await c.restart(A);
-    await until('a re-sync of A that fails', 5000, () => {
-      const r = c.proxy.recovery;
-      return r.resyncRuns(A) > runs && r.resyncState(A) === 'failed';
-    });
+    await until('a re-sync of A that fails', 5000, resyncIs(c, A, runs, 'failed'));
     expect(failures).to.equal(2);
     const failedRuns = c.proxy.recovery.resyncRuns(A);
-    await until('the re-sync of A, run again', 8000, () => {
-      const r = c.proxy.recovery;
-      return r.resyncRuns(A) > failedRuns && r.resyncState(A) === 'done';
-    });
+    await until('the re-sync of A, run again', 8000, resyncIs(c, A, failedRuns, 'done'));
     const stats = await proxyStats(c.port);
     expect(stats.get(`proxy_node_${A}_resync_copied`), 'the retry copied one key').to.equal('1');
     expect(stats.get(`proxy_node_${A}_resync_scanned`), 'and listed nothing').to.equal('0');
@@ -655,14 +655,12 @@ describe('fencing and re-sync edge cases', function () {
     const keys = await storeOnPair('backmid', A, C, 100);
     // B is down when A's re-sync lists its keys (so the run cannot be complete), and is back
     // before the run ends: B's rejoin finds A's run still going.
-    const rec = c.proxy.recovery as unknown as { metadump: Listing };
-    const real = rec.metadump.bind(rec);
     let release: (() => void) | null = null;
     let listings = 0;
-    rec.metadump = (address, onKey, cb) => {
+    patchListing(c, (real) => (address, onKey, cb) => {
       if (++listings === 1) release = () => real(address, onKey, cb);
       else real(address, onKey, cb);
-    };
+    });
     await c.kill(B);
     await c.waitNode(B, false, 3000);
     const runs = c.proxy.recovery.resyncRuns(A);
@@ -671,10 +669,7 @@ describe('fencing and re-sync edge cases', function () {
     await c.restart(B);
     await c.waitNode(B, true, 5000);
     release!();
-    await until('a complete re-sync of A', 10000, () => {
-      const r = c.proxy.recovery;
-      return r.resyncRuns(A) > runs + 1 && r.resyncState(A) === 'done';
-    });
+    await until('a complete re-sync of A', 10000, resyncIs(c, A, runs + 1, 'done'));
     await expectAllOn(c.nodes[A]!, keys);
   });
 
@@ -685,15 +680,13 @@ describe('fencing and re-sync edge cases', function () {
     const [A, B] = [0, 1];
     const keys = await storeOnPair('again', A, B, 100);
     // Hold the second listing (calls 3 and 4: two sources) until A has restarted again.
-    const rec = c.proxy.recovery as unknown as { metadump: Listing };
-    const real = rec.metadump.bind(rec);
     let listings = 0;
     const held: (() => void)[] = [];
-    rec.metadump = (address, onKey, cb) => {
+    patchListing(c, (real) => (address, onKey, cb) => {
       listings++;
       if (listings === 3 || listings === 4) held.push(() => real(address, onKey, cb));
       else real(address, onKey, cb);
-    };
+    });
     const runs = c.proxy.recovery.resyncRuns(A);
     await c.restart(A);
     await until('the second listing of the first re-sync', 5000, () => held.length === 2);
@@ -706,10 +699,7 @@ describe('fencing and re-sync edge cases', function () {
       return id !== null && id.pid !== pid && c.proxy.nodes[A]!.isUp;
     });
     for (const release of held) release();
-    await until('a later re-sync of A', 8000, () => {
-      const r = c.proxy.recovery;
-      return r.resyncRuns(A) > runs + 1 && r.resyncState(A) === 'done';
-    });
+    await until('a later re-sync of A', 8000, resyncIs(c, A, runs + 1, 'done'));
     await expectAllOn(c.nodes[A]!, keys);
   });
 
@@ -786,10 +776,7 @@ describe('fencing and re-sync edge cases', function () {
       return got[i] !== want;
     });
     expect(wrong, 'sessions read stale or resurrected').to.deep.equal([]);
-    await until('the re-sync of A', 10000, () => {
-      const r = c.proxy.recovery;
-      return r.resyncRuns(A) > runs && r.resyncState(A) === 'done';
-    });
+    await until('the re-sync of A', 10000, resyncIs(c, A, runs, 'done'));
     // A itself holds the new values and none of the deleted sessions.
     await expectAllOn(c.nodes[A]!, changed, 'v2');
     const onA = await direct(c.nodes[A]!);
@@ -879,10 +866,7 @@ describe('fencing and re-sync edge cases', function () {
     const runs = c.proxy.recovery.resyncRuns(A);
     await c.restart(A);
     await c.waitNode(A, true, 5000);
-    await until('the re-sync of A', 10000, () => {
-      const r = c.proxy.recovery;
-      return r.resyncRuns(A) > runs && r.resyncState(A) === 'done';
-    });
+    await until('the re-sync of A', 10000, resyncIs(c, A, runs, 'done'));
     await expectAllOn(c.nodes[A]!, keys);
     await c.kill(B);
     await c.waitNode(B, false, 3000);
@@ -952,10 +936,7 @@ describe('fencing and re-sync edge cases', function () {
     const keys = await storeOnPair('sess:\u00e4%41%zz+/\u00ff~_.-', A, B, 100);
     const runs = c.proxy.recovery.resyncRuns(A);
     await c.restart(A);
-    await until('the re-sync of A', 5000, () => {
-      const r = c.proxy.recovery;
-      return r.resyncRuns(A) > runs && r.resyncState(A) === 'done';
-    });
+    await until('the re-sync of A', 5000, resyncIs(c, A, runs, 'done'));
     await expectAllOn(c.nodes[A]!, keys);
   });
 
@@ -1010,18 +991,12 @@ describe('fencing and re-sync edge cases', function () {
     });
     const runs = c.proxy.recovery.resyncRuns(A);
     await c.restart(A);
-    await until('a re-sync of A that fails', 10000, () => {
-      const r = c.proxy.recovery;
-      return r.resyncRuns(A) > runs && r.resyncState(A) === 'failed';
-    });
+    await until('a re-sync of A that fails', 10000, resyncIs(c, A, runs, 'failed'));
     expect(failures, 'every key failed, in both passes').to.be.at.least(2 * keys.length);
     // The source is back: the retry copies the failed keys.
     failing = false;
     const failedRuns = c.proxy.recovery.resyncRuns(A);
-    await until('the re-sync of A, run again', 10000, () => {
-      const r = c.proxy.recovery;
-      return r.resyncRuns(A) > failedRuns && r.resyncState(A) === 'done';
-    });
+    await until('the re-sync of A, run again', 10000, resyncIs(c, A, failedRuns, 'done'));
     await expectAllOn(c.nodes[A]!, keys);
   });
 });

@@ -19,6 +19,12 @@
  * adds msproxy with `workers: 2` as one more target (its CPU is summed over
  * the primary and the workers); --unpinned runs everything without taskset,
  * so the workers (and everything else) can use every core.
+ *
+ *   npm run bench -- --baseline ../msproxy-before
+ *
+ * adds another checkout's msproxy (built there, in front of the same nodes)
+ * as the target `baseline`, so a change is measured against the code before
+ * it in one run, with a ratio column against it.
  */
 
 import { execFileSync, spawn } from 'node:child_process';
@@ -42,6 +48,7 @@ const CONNS = Number(opt('conns', 100));
 const IDLE = Number(opt('idle', 10000));
 const WORKERS = Number(opt('workers', 1));
 const UNPINNED = args.includes('--unpinned');
+const BASELINE = opt('baseline', null);
 
 const WORKLOAD_ARGS = {
   get90: ['--get-ratio', '0.9'],
@@ -176,8 +183,8 @@ function rssMB(pid) {
 }
 
 /** The node flags of bin/msproxy.js's `#!/usr/bin/env -S node ...` line, so the benchmark runs msproxy as installed. */
-function binNodeFlags() {
-  const first = readFileSync(join(root, 'bin', 'msproxy.js'), 'utf8').split('\n', 1)[0];
+function binNodeFlags(checkout = root) {
+  const first = readFileSync(join(checkout, 'bin', 'msproxy.js'), 'utf8').split('\n', 1)[0];
   const m = /^#!\S*env -S node(.*)$/.exec(first);
   if (!m) throw new Error(`bin/msproxy.js: unexpected first line ${first}`);
   return m[1].trim().split(/\s+/).filter(Boolean);
@@ -268,6 +275,27 @@ async function main() {
     targets.push({ name: `msproxy-w${WORKERS}`, port: wport, pid: mw.pid, prefix: 'w:' });
   }
 
+  if (BASELINE !== null) {
+    const base = join(process.cwd(), BASELINE);
+    execFileSync('npm', ['run', 'build'], { cwd: base, stdio: 'inherit' });
+    const bport = await freePort();
+    const bconfig = { ...config, listen: { host: '127.0.0.1', port: bport } };
+    writeFileSync(join(dir, 'msproxy-baseline.json'), JSON.stringify(bconfig));
+    const mb = start(
+      0,
+      process.execPath,
+      [
+        ...binNodeFlags(base),
+        join(base, 'bin', 'msproxy.js'),
+        '--config',
+        join(dir, 'msproxy-baseline.json'),
+      ],
+      { env: { ...process.env, UV_THREADPOOL_SIZE: '1' } },
+    );
+    await waitPort(bport, 'baseline msproxy');
+    targets.push({ name: 'baseline', port: bport, pid: mb.pid, prefix: 'b:' });
+  }
+
   const nutcracker = which('nutcracker');
   if (nutcracker) {
     const tport = await freePort();
@@ -348,9 +376,9 @@ async function main() {
   const has = (n) => targets.some((t) => t.name === n);
   const lines = [];
   lines.push(
-    '| workload | target | req/s | p50 µs | p99 µs | CPU µs/req | vs twemproxy | vs direct |',
+    `| workload | target | req/s | p50 µs | p99 µs | CPU µs/req | vs twemproxy | vs direct |${has('baseline') ? ' vs baseline |' : ''}`,
   );
-  lines.push('|---|---|---|---|---|---|---|---|');
+  lines.push(`|---|---|---|---|---|---|---|---|${has('baseline') ? '---|' : ''}`);
   for (const w of WORKLOADS) {
     const med = {};
     for (const t of targets) {
@@ -367,8 +395,9 @@ async function main() {
       const m = med[t.name];
       const vsT = has('twemproxy') ? (m.rps / med.twemproxy.rps).toFixed(2) + '×' : 'n/a';
       const vsD = (m.rps / med.direct.rps).toFixed(2) + '×';
+      const vsB = has('baseline') ? ` ${(m.rps / med.baseline.rps).toFixed(3)}× |` : '';
       lines.push(
-        `| ${w} | ${t.name} | ${Math.round(m.rps).toLocaleString('en-US')} | ${m.p50} | ${m.p99} | ${m.cpu.toFixed(1)} | ${vsT} | ${vsD} |${m.bad ? ` errors: ${m.bad}` : ''}`,
+        `| ${w} | ${t.name} | ${Math.round(m.rps).toLocaleString('en-US')} | ${m.p50} | ${m.p99} | ${m.cpu.toFixed(1)} | ${vsT} | ${vsD} |${vsB}${m.bad ? ` errors: ${m.bad}` : ''}`,
       );
     }
   }

@@ -146,3 +146,9 @@ export function encodeMeta(cmd: 'mg' | 'md' | 'ma', key: Buffer, flags: string):
   const tail = `${k.binary ? ' b' : ''}${flags ? ' ' + flags : ''}\r\n`;
   return Buffer.concat([Buffer.from(cmd + ' ', 'latin1'), k.token, Buffer.from(tail, 'latin1')]);
 }
+
+/** `touch <key> <ttl>`: a new TTL for a classic key (one a text command line can carry). */
+export function encodeTouch(key: Buffer, ttl: number | Buffer): Buffer {
+  const t = typeof ttl === 'number' ? String(ttl) : ttl.toString('latin1');
+  return Buffer.concat([Buffer.from('touch ', 'latin1'), key, Buffer.from(` ${t}\r\n`, 'latin1')]);
+}

@@ -108,6 +108,22 @@ export class KeyOrder {
     return true;
   }
 
+  /**
+   * Run `run` once `hash` admits a command of `kind`: at once when nothing is
+   * in the way, else when its turn comes. A READ or EXCLUSIVE holds the key
+   * until `release`; a WRITE holds nothing once run.
+   */
+  run(kind: Kind, hash: number, run: () => void): void {
+    if (this.tryAcquire(kind, hash)) run();
+    else this.wait(new Ticket(kind, run), [hash]);
+  }
+
+  /** Run `run` once every hash admits a read (each is then held until released). */
+  runReads(hashes: readonly number[], run: () => void): void {
+    if (this.tryAcquireReads(hashes)) run();
+    else this.wait(new Ticket(READ, run), hashes);
+  }
+
   /** Queue a command on its keys; `ticket.run` is called once it holds all of them. */
   wait(ticket: Ticket, hashes: readonly number[]): void {
     ticket.pending = hashes.length;

@@ -8,7 +8,8 @@
  * writes to the node but serves no reads from it. `ready()` says this process
  * is done; `go` runs once every process is. `down()` and `fenced()` tell the
  * others, so a node taken out of service, or a key whose copy on a node is
- * not trusted, is treated the same everywhere.
+ * not trusted, is treated the same everywhere; `complete()` shares whether a
+ * node holds every acknowledged write (emptied, then refilled by a re-sync).
  *
  * LOCAL_GATE is the one-process case: ready means go.
  */
@@ -26,6 +27,8 @@ export interface RejoinGate {
   fenced(node: number, key: string): void;
   /** `node` needs a re-sync and this process does not run them: ask the one that does. */
   resyncElsewhere(node: number): void;
+  /** This process learnt that `node` was emptied (false) or refilled by a re-sync (true). */
+  complete(node: number, complete: boolean): void;
 }
 
 export const LOCAL_GATE: RejoinGate = {
@@ -37,4 +40,5 @@ export const LOCAL_GATE: RejoinGate = {
   },
   fenced() {},
   resyncElsewhere() {},
+  complete() {},
 };

@@ -60,7 +60,7 @@ export class Proxy {
             onUp: () => {},
             onDown: (node) => this.recovery.onDown(node.index),
             onProbe: (node, restarted) => this.recovery.onProbe(node, restarted),
-            onRestart: (node) => this.recovery.resync(node.index),
+            onRestart: (node) => this.recovery.restarted(node.index),
           },
         ),
     );

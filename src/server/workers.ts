@@ -9,7 +9,8 @@
  * - A node that any worker takes out of service is taken out in all of them.
  * - A node that comes back serves reads again only once every worker has
  *   replayed its own outage log (see RejoinGate and Recovery).
- * - A key fenced in one worker is fenced in all.
+ * - A key fenced in one worker is fenced in all, and a node emptied (restarted
+ *   or flushed) counts as incomplete in all until its re-sync is done.
  * - A worker that dies while a node is down takes its outage log with it: that
  *   node is flushed on its rejoin (by one worker) instead of replayed.
  *
@@ -34,16 +35,19 @@ export type ToPrimary =
   /** Got the `flush`: every later ready of the node comes after the flush. */
   | { msp: 'flushing'; node: number }
   /** The node needs a re-sync, which worker 0 runs. */
-  | { msp: 'resync'; node: number };
+  | { msp: 'resync'; node: number }
+  /** The node was emptied (false) or refilled by a re-sync (true). */
+  | { msp: 'complete'; node: number; complete: boolean };
 
 /** Primary -> worker. */
 export type ToWorker =
-  | { msp: 'init'; down: number[] }
+  | { msp: 'init'; down: number[]; incomplete: number[] }
   | { msp: 'down'; node: number }
   | { msp: 'go'; node: number; epoch: number }
   | { msp: 'fence'; node: number; key: string }
   | { msp: 'flush'; node: number }
-  | { msp: 'resync'; node: number };
+  | { msp: 'resync'; node: number }
+  | { msp: 'complete'; node: number; complete: boolean };
 
 /** The worker that runs re-syncs. */
 export const RESYNC_WORKER = 0;
@@ -77,6 +81,8 @@ export class RejoinCoordinator {
   private readonly flushAcked: boolean[];
   /** Re-syncs asked for while the re-sync worker was not alive. */
   private readonly resyncs = new Set<number>();
+  /** Nodes emptied and not yet refilled, as the workers last said (for workers that start). */
+  private readonly incomplete = new Set<number>();
 
   constructor(nodes: number, send: (worker: number, msg: ToWorker) => void) {
     this.send = send;
@@ -96,7 +102,7 @@ export class RejoinCoordinator {
     this.live.add(worker);
     const down: number[] = [];
     this.down.forEach((d, i) => d && down.push(i));
-    this.send(worker, { msp: 'init', down });
+    this.send(worker, { msp: 'init', down, incomplete: [...this.incomplete] });
     this.flusher.forEach((f, node) => f === NOBODY && this.owe(node));
     if (worker === RESYNC_WORKER) {
       for (const node of this.resyncs) this.send(worker, { msp: 'resync', node });
@@ -164,6 +170,11 @@ export class RejoinCoordinator {
         if (this.live.has(RESYNC_WORKER)) this.send(RESYNC_WORKER, msg);
         else this.resyncs.add(msg.node);
         return;
+      case 'complete':
+        if (msg.complete) this.incomplete.delete(msg.node);
+        else this.incomplete.add(msg.node);
+        for (const w of this.live) if (w !== worker) this.send(w, msg);
+        return;
       default:
         return;
     }
@@ -212,6 +223,10 @@ export class WorkerGate implements RejoinGate {
 
   resyncElsewhere(node: number): void {
     this.post({ msp: 'resync', node });
+  }
+
+  complete(node: number, complete: boolean): void {
+    this.post({ msp: 'complete', node, complete });
   }
 
   /** The primary said go: run the wait it answers, if it is still the current one. */
@@ -380,21 +395,24 @@ async function serveAsWorker(config: Config, log: Logger, index: number): Promis
         return p.recovery.missedFlush(msg.node);
       case 'resync':
         return p.recovery.resync(msg.node);
+      case 'complete':
+        return p.recovery.remoteComplete(msg.node, msg.complete);
       default:
         return;
     }
   };
-  const init = new Promise<number[]>((resolve) => {
+  const init = new Promise<{ down: number[]; incomplete: number[] }>((resolve) => {
     process.on('message', (msg: ToWorker) => {
-      if (msg?.msp === 'init') return resolve(msg.down);
+      if (msg?.msp === 'init') return resolve(msg);
       if (proxy === null) early.push(msg);
       else apply(msg);
     });
   });
   post({ msp: 'hello' });
-  const down = await init;
+  const { down, incomplete } = await init;
   proxy = new Proxy(config, log, { gate, worker: index });
   for (const node of down) proxy.nodes[node]!.markDownNow('down in the other workers');
+  for (const node of incomplete) proxy.recovery.remoteComplete(node, false);
   for (const msg of early.splice(0)) apply(msg);
   try {
     await proxy.start();

@@ -433,7 +433,12 @@ function keyOn(c: Cluster, prefix: string, a: number, b: number): string {
   throw new Error(`no key on ${a},${b}`);
 }
 
-/** Recovery's key listing of one node (patched by tests to leave keys out or hold a listing). */
+/** The live re-sync behind a proxy's Recovery (tests patch its listing and its copies). */
+function resyncOf(c: Cluster): Record<string, unknown> {
+  return (c.proxy.recovery as unknown as { resyncer: Record<string, unknown> }).resyncer;
+}
+
+/** Re-sync's key listing of one node (patched by tests to leave keys out or hold a listing). */
 type Listing = (
   address: string,
   onKey: (key: Buffer) => void,
@@ -442,8 +447,8 @@ type Listing = (
 
 /** Replace the live Recovery's key listing by `wrap(real)`. */
 function patchListing(c: Cluster, wrap: (real: Listing) => Listing): void {
-  const rec = c.proxy.recovery as unknown as { metadump: Listing };
-  rec.metadump = wrap(rec.metadump.bind(rec));
+  const rs = resyncOf(c) as unknown as { metadump: Listing };
+  rs.metadump = wrap(rs.metadump.bind(rs));
 }
 
 /** A check for `until`: the latest re-sync of `node`, begun after run `after`, is in `state`. */
@@ -454,13 +459,13 @@ function resyncIs(c: Cluster, node: number, after: number, state: string): () =>
   };
 }
 
-/** Recovery's copy of one key to a re-syncing node (patched by tests to make copies fail). */
+/** Re-sync's copy of one key to a re-syncing node (patched by tests to make copies fail). */
 type Refill = (node: number, key: Buffer, cb: (ok: boolean) => void) => void;
 
 /** Replace the live Recovery's refill by `wrap(real)`. */
 function patchRefill(c: Cluster, wrap: (real: Refill) => Refill): void {
-  const rec = c.proxy.recovery as unknown as { refill: Refill };
-  rec.refill = wrap(rec.refill.bind(rec));
+  const rs = resyncOf(c) as unknown as { refill: Refill };
+  rs.refill = wrap(rs.refill.bind(rs));
 }
 
 /**

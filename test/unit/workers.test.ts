@@ -24,8 +24,8 @@ describe('RejoinCoordinator', function () {
     c.message(0, { msp: 'down', node: 2 });
     c.join(1);
     expect(sent).to.deep.equal([
-      [0, { msp: 'init', down: [] }],
-      [1, { msp: 'init', down: [2] }],
+      [0, { msp: 'init', down: [], incomplete: [] }],
+      [1, { msp: 'init', down: [2], incomplete: [] }],
     ]);
   });
 
@@ -125,7 +125,7 @@ describe('RejoinCoordinator', function () {
     expect(sent).to.deep.equal([]);
     c.join(1);
     expect(sent).to.deep.equal([
-      [1, { msp: 'init', down: [0] }],
+      [1, { msp: 'init', down: [0], incomplete: [] }],
       [1, { msp: 'flush', node: 0 }],
     ]);
     c.message(1, { msp: 'flushing', node: 0 });
@@ -160,7 +160,7 @@ describe('RejoinCoordinator', function () {
     expect(sent).to.deep.equal([]);
     c.join(0);
     expect(sent).to.deep.equal([
-      [0, { msp: 'init', down: [] }],
+      [0, { msp: 'init', down: [], incomplete: [] }],
       [0, { msp: 'resync', node: 0 }],
     ]);
   });

@@ -1,0 +1,94 @@
+/**
+ * Commands about the proxy or every node rather than a key: flush_all goes
+ * to every node that is up (a node that misses it is flushed when it
+ * rejoins); stats answers msproxy's own counters.
+ */
+
+import { R, encodeStats } from '../protocol/encoder.js';
+import type { Request } from '../protocol/request.js';
+import { EXPECT_LINE, equals } from '../protocol/response-parser.js';
+import { isReply } from './reply-rules.js';
+import type { Done, RouteContext } from './route-context.js';
+
+export interface StatsIdentity {
+  /** What `version` answers. */
+  version: string;
+  /** msproxy's own version. */
+  proxyVersion: string;
+  /** This process's worker index, and how many there are. */
+  worker?: number;
+  workers?: number;
+}
+
+/** flush_all: every node that is up (the session orders it with the client's other commands). */
+export function flushAll(
+  ctx: RouteContext,
+  req: Request,
+  data: Buffer | Buffer[],
+  done: Done,
+): void {
+  const up = ctx.nodes.filter((n) => n.isUp);
+  if (up.length === 0) return done(ctx.unavailable(req));
+  // A node that misses a flush holds items its replicas dropped: flushed on rejoin.
+  for (const n of ctx.nodes) if (!n.isUp) ctx.recovery?.missedFlush(n.index);
+  let left = up.length;
+  let ok = false;
+  for (const n of up) {
+    ctx.send(n.index, 0, data, EXPECT_LINE, (r) => {
+      if (isReply(r) && equals(r.line, 'OK')) ok = true;
+      else ctx.recovery?.missedFlush(n.index);
+      if (--left > 0) return;
+      if (req.noreply) done(null);
+      else done(ok ? R.OK : ctx.unavailable(req));
+    });
+  }
+}
+
+export function statsReply(ctx: RouteContext, req: Request, id: StatsIdentity): Buffer {
+  const sub = req.args[0]?.toString('latin1');
+  if (sub === 'reset') return R.RESET;
+  if (sub === 'detail') return req.args[1]?.toString('latin1') === 'dump' ? R.END : R.OK;
+  // Per-node sub-commands (settings, items, slabs, ...) have no proxy-wide meaning: empty list.
+  if (sub !== undefined) return R.END;
+  const s = ctx.stats;
+  const now = Date.now();
+  const rows: [string, string | number][] = [
+    ['pid', process.pid],
+    ['uptime', Math.floor((now - s.startedAt) / 1000)],
+    ['time', Math.floor(now / 1000)],
+    ['version', id.version],
+    ['curr_connections', s.currConnections],
+    ['total_connections', s.totalConnections],
+    ['rejected_connections', s.rejectedConnections],
+    ['cmd_get', s.cmdGet],
+    ['cmd_set', s.cmdSet],
+    ['cmd_touch', s.cmdTouch],
+    ['cmd_flush', s.cmdFlush],
+    ['get_hits', s.getHits],
+    ['get_misses', s.getMisses],
+    ['proxy_version', id.proxyVersion],
+    ['proxy_worker', id.worker ?? 0],
+    ['proxy_workers', id.workers ?? 1],
+    ['proxy_client_errors', s.clientErrors],
+    ['proxy_binary_refused', s.binaryRefused],
+    ['proxy_failover_reads', s.failoverReads],
+    ['proxy_read_repairs', s.readRepairs],
+    ['proxy_replication_failures', s.replicationFailures],
+    ['proxy_unavailable', s.unavailable],
+    ['proxy_backend_timeouts', s.backendTimeouts],
+    ['proxy_backend_errors', s.backendErrors],
+    ['proxy_keys_ordered', ctx.order.size],
+    ['proxy_replicas', ctx.options.replicas],
+    ['proxy_nodes', ctx.nodes.length],
+    ['proxy_nodes_up', ctx.nodes.filter((n) => n.isUp).length],
+  ];
+  if (ctx.recovery !== null) rows.push(...ctx.recovery.rows());
+  for (const n of ctx.nodes) {
+    rows.push([`proxy_node_${n.index}_address`, n.address]);
+    rows.push([`proxy_node_${n.index}_up`, n.isUp ? 1 : 0]);
+    rows.push([`proxy_node_${n.index}_requests`, n.requests]);
+    rows.push([`proxy_node_${n.index}_errors`, n.errors]);
+    rows.push([`proxy_node_${n.index}_down_count`, n.downCount]);
+  }
+  return encodeStats(rows);
+}

@@ -1,0 +1,105 @@
+/**
+ * Plain writes: set, delete, touch, and ms/md without a mode, cas or
+ * invalidation. They go to every healthy replica; the client gets the best
+ * reply (reply-rules.ts `bestReply`: a success from any replica beats a
+ * miss), and SERVER_ERROR only when no replica answered. A replica that is
+ * down, or on which the write failed, gets the key in its outage log. A
+ * delete or touch that finds the item on some replicas and not on others
+ * brings those others in line like a missed write.
+ *
+ * A plain write holds nothing once sent (KeyOrder WRITE): each node's lane
+ * for the key is FIFO, so everything after it stays in order.
+ */
+
+import type { Request } from '../protocol/request.js';
+import { EXPECT_LINE, type Reply } from '../protocol/response-parser.js';
+import { WRITE } from './key-order.js';
+import { keyHash } from './meta.js';
+import {
+  type ReplyOrErr,
+  type Success,
+  answered,
+  bestReply,
+  isReply,
+  notFound,
+} from './reply-rules.js';
+import type { Done, Route, RouteContext } from './route-context.js';
+
+/** A meta write whose `q` is passed on to the nodes (the node decides what it hides). */
+export function quietMeta(req: Request): boolean {
+  return req.noreply && (req.cmd === 'ms' || req.cmd === 'md' || req.cmd === 'ma');
+}
+
+export function plainWrite(
+  ctx: RouteContext,
+  req: Request,
+  data: Buffer | readonly Buffer[],
+  success: Success,
+  done: Done,
+): void {
+  const hash = keyHash(req.key);
+  ctx.order.run(WRITE, hash, () => writeAll(ctx, req, hash, data, success, done));
+}
+
+function writeAll(
+  ctx: RouteContext,
+  req: Request,
+  hash: number,
+  data: Buffer | readonly Buffer[],
+  success: Success,
+  done: Done,
+): void {
+  const route = ctx.healthy(req.key);
+  if (route.length === 0) return done(ctx.unavailable(req));
+  if (route.length < ctx.options.replicas) ctx.missedByDown(req.key);
+  const replies = new Array<ReplyOrErr | undefined>(route.length);
+  let left = route.length;
+  let answeredClient = false;
+  const answer = (): void => {
+    answeredClient = true;
+    const chosen = bestReply(replies, success);
+    if (chosen < 0) return done(ctx.unavailable(req));
+    done(ctx.clientReply(req, replies[chosen] as Reply, route[chosen]!));
+  };
+  const quiet = quietMeta(req);
+  // A set or delete replaces a node's copy whole (touch does not).
+  const replaces = req.cmd !== 'touch';
+  route.forEach((node, idx) => {
+    const cb = (r: ReplyOrErr): void => {
+      replies[idx] = r;
+      left--;
+      if (!answered(r)) {
+        ctx.missed(node, req.key);
+        if (route.length > 1) ctx.stats.replicationFailures++;
+      } else if (replaces && success(r)) ctx.unfence(node, req.key);
+      if (left === 0 && req.cmd !== 'set' && route.length > 1) disagreed(ctx, req, route, replies);
+      if (answeredClient) return;
+      if (left === 0) return answer();
+      // async: answer as soon as the authority answered successfully.
+      if (ctx.options.ackMode === 'async' && idx === 0 && isReply(r) && success(r)) answer();
+    };
+    if (quiet) ctx.sendQuiet(node, hash, data, cb);
+    else ctx.send(node, hash, data, EXPECT_LINE, cb);
+  });
+}
+
+/**
+ * A delete or touch found the item on one replica and not on another: the
+ * replicas disagreed (a copy landed after a delete that raced it, say, from
+ * another msproxy process, or one replica evicted it). The ones without it
+ * are fixed like a missed write: brought in line with the freshest replica.
+ */
+function disagreed(
+  ctx: RouteContext,
+  req: Request,
+  route: Route,
+  replies: readonly (ReplyOrErr | undefined)[],
+): void {
+  let found = false;
+  for (const r of replies) if (isReply(r) && !r.isError && !notFound(r)) found = true;
+  if (!found) return;
+  for (let i = 0; i < replies.length; i++) {
+    const r = replies[i];
+    if (isReply(r) && notFound(r)) ctx.missed(route[i]!, req.key);
+  }
+}

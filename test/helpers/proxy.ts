@@ -26,6 +26,7 @@ import {
 } from '../../src/protocol/response-parser.js';
 import { Proxy } from '../../src/server/proxy.js';
 import { Memcached, sleep } from './memcached.js';
+import { Relay } from './relay.js';
 
 const CALL_TIMEOUT_MS = 2000;
 
@@ -34,6 +35,8 @@ const CALL_TIMEOUT_MS = 2000;
 export interface ClusterOptions {
   nodes?: number;
   replicas?: number;
+  /** Nodes (by index) the proxy reaches through a Relay (test/helpers/relay.ts). */
+  relays?: number[];
   /** Merged over the base config; objects (timeouts, backend, limits, log) are merged one level deep. */
   [key: string]: unknown;
 }
@@ -44,6 +47,8 @@ export interface Cluster {
   /** The memcached nodes, in config order (index = the proxy's node index). */
   nodes: Memcached[];
   config: Config;
+  /** The relays in front of the nodes named in `relays`, by node index. */
+  relays: Map<number, Relay>;
   /** SIGKILL node i. */
   kill(i: number): Promise<void>;
   /** Replace node i by a fresh, empty memcached on the same port. */
@@ -76,13 +81,15 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 }
 
 export async function startCluster(options: ClusterOptions = {}): Promise<Cluster> {
-  const { nodes: count = 3, replicas = 2, ...overrides } = options;
+  const { nodes: count = 3, replicas = 2, relays: relayed = [], ...overrides } = options;
   const nodes = await Promise.all(Array.from({ length: count }, () => Memcached.start()));
+  const relays = new Map<number, Relay>();
   try {
+    for (const i of relayed) relays.set(i, await Relay.start(nodes[i]!.port));
     const raw = merge(
       {
         listen: { host: '127.0.0.1', port: 0 },
-        nodes: nodes.map((n) => ({ host: '127.0.0.1', port: n.port })),
+        nodes: nodes.map((n, i) => ({ host: '127.0.0.1', port: relays.get(i)?.port ?? n.port })),
         replicas,
         timeouts: { requestMs: 250, connectMs: 500 },
         // Two lanes per node (the default is one): the tests cover keys split across lanes.
@@ -100,6 +107,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       port: proxy.address.port,
       nodes,
       config,
+      relays,
       async kill(i) {
         await nodes[i]!.kill();
       },
@@ -126,11 +134,13 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       },
       async stop() {
         await proxy.close();
+        await Promise.all([...relays.values()].map((r) => r.close()));
         await Promise.all(nodes.map((n) => n.kill()));
       },
     };
     return cluster;
   } catch (err) {
+    await Promise.all([...relays.values()].map((r) => r.close()));
     await Promise.all(nodes.map((n) => n.kill()));
     throw err;
   }

@@ -1,14 +1,19 @@
 /**
- * Key listing with memcached's `lru_crawler metadump all`: every key a node
+ * Key listing with memcached's `lru_crawler metadump`: every key a node
  * holds, streamed, on a connection of its own. Lines are `key=<url-encoded
  * key> exp=... ...`, ended by END; anything else (BUSY while another crawl
  * runs, ERROR without a crawler) means this node cannot list now.
+ *
+ * `metadump hash` walks the hash table, so it sees every item; `metadump
+ * all` walks the LRUs and skips an item that moves between LRU queues as
+ * the crawler passes (an item being read, say). A memcached that does not
+ * know `hash` (an older 1.6) is listed with `all`.
  */
 
 import net from 'node:net';
 import { equals, startsWith } from '../protocol/response-parser.js';
 
-const METADUMP = Buffer.from('lru_crawler metadump all\r\n');
+export type ListMode = 'hash' | 'all';
 /** A metadump longer than this is cut short (keys are re-listed by the next re-sync). */
 const METADUMP_MAX_BYTES = 512 * 1024 * 1024;
 const METADUMP_TIMEOUT_MS = 10_000;
@@ -59,24 +64,33 @@ export function metadump(
   sockets: Set<net.Socket>,
   onKey: (key: Buffer) => void,
   cb: (err: Error | null) => void,
+  mode: ListMode = 'hash',
 ): void {
   const i = address.lastIndexOf(':');
   const socket = net.connect({ host: address.slice(0, i), port: Number(address.slice(i + 1)) });
   sockets.add(socket);
-  const parser = new MetadumpParser(onKey);
+  const parser = new MetadumpParser((key) => {
+    keys++;
+    onKey(key);
+  });
   let total = 0;
+  let keys = 0;
   let finished = false;
   const end = (err: Error | null): void => {
     if (finished) return;
     finished = true;
     sockets.delete(socket);
     socket.destroy();
+    // An older memcached refuses the hash walk before listing anything: list its LRUs instead.
+    if (err !== null && mode === 'hash' && keys === 0 && /^(CLIENT_)?ERROR/.test(err.message)) {
+      return metadump(address, sockets, onKey, cb, 'all');
+    }
     cb(err);
   };
   socket.setTimeout(METADUMP_TIMEOUT_MS, () => end(new Error('metadump timed out')));
   socket.on('error', (e) => end(e));
   socket.on('close', () => end(new Error('connection closed during metadump')));
-  socket.on('connect', () => socket.write(METADUMP));
+  socket.on('connect', () => socket.write(`lru_crawler metadump ${mode}\r\n`));
   socket.on('data', (chunk: Buffer) => {
     if (finished) return;
     total += chunk.length;

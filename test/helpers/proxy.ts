@@ -437,6 +437,16 @@ export class MemcacheClient {
   }
 }
 
+/** A key whose replicas are `nodes`, in ring order (primary first), searched by number. */
+export function keyOnReplicas(c: Cluster, prefix: string, nodes: readonly number[]): string {
+  for (let i = 0; i < 100000; i++) {
+    const k = `${prefix}:${i}`;
+    const o = c.proxy.ring.order(Buffer.from(k));
+    if (nodes.every((n, j) => o[j] === n)) return k;
+  }
+  throw new Error(`no key on ${nodes.join(',')}`);
+}
+
 /** A client connected to one memcached node directly. */
 /** A `stats` reply (msproxy's or memcached's) as a map of name to value. */
 export async function statsOf(client: MemcacheClient): Promise<Map<string, string>> {

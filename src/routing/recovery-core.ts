@@ -18,6 +18,7 @@ import { EXPECT_LINE } from '../protocol/response-parser.js';
 import type { Via } from './item.js';
 import { EXCLUSIVE, type KeyOrder } from './key-order.js';
 import type { RejoinGate } from './rejoin-gate.js';
+import { keyHash } from './meta.js';
 import type { Ring } from './ring.js';
 
 export interface RecoveryOptions {
@@ -145,9 +146,22 @@ export class RecoveryCore {
     this.gate.complete(node, false);
   }
 
-  /** Run `run` holding `hash` alone (KeyOrder EXCLUSIVE) until it calls `release`. */
-  exclusive(hash: number, run: (release: () => void) => void): void {
-    this.order.run(EXCLUSIVE, hash, () => run(() => this.order.release(EXCLUSIVE, hash)));
+  /**
+   * Run `run` holding `key` alone (KeyOrder EXCLUSIVE); the result it ends
+   * with releases the key and goes to `cb`. `run` gets the key's hash (its lane).
+   */
+  holding<T>(
+    key: Buffer,
+    cb: (result: T) => void,
+    run: (hash: number, end: (r: T) => void) => void,
+  ): void {
+    const hash = keyHash(key);
+    this.order.run(EXCLUSIVE, hash, () =>
+      run(hash, (result) => {
+        this.order.release(EXCLUSIVE, hash);
+        cb(result);
+      }),
+    );
   }
 
   later(fn: () => void, ms: number): void {

@@ -22,7 +22,6 @@
 import type { BackendNode } from '../backend/node.js';
 import { EXPECT_LINE, equals } from '../protocol/response-parser.js';
 import { itemChanged, readItem, storeItem } from './item.js';
-import { keyHash } from './meta.js';
 import { answered } from './reply-rules.js';
 import type { RecoveryCore } from './recovery-core.js';
 import type { Resync } from './resync.js';
@@ -287,12 +286,7 @@ export class Rejoin {
    */
   private fence(node: number, key: Buffer, seq: number, cb: (res: FenceResult) => void): void {
     const core = this.core;
-    const hash = keyHash(key);
-    core.exclusive(hash, (release) => {
-      const finish = (res: FenceResult): void => {
-        release();
-        cb(res);
-      };
+    core.holding(key, cb, (hash, finish: (res: FenceResult) => void) => {
       const ks = key.toString('latin1');
       let best = node;
       let bestSeq = Math.max(seq, core.state[node]!.lastMissed(ks));

@@ -15,7 +15,7 @@
 
 import { itemChanged, copyable, readItem, storeItem } from './item.js';
 import { KeySet } from './key-set.js';
-import { keyHash, parseMetaFlags } from './meta.js';
+import { parseMetaFlags } from './meta.js';
 import { metadump } from './metadump.js';
 import { answered } from './reply-rules.js';
 import { RESYNC_RETRY_MS, type RecoveryCore, type ResyncState } from './recovery-core.js';
@@ -265,12 +265,7 @@ export class Resync {
    */
   private refill(node: number, key: Buffer, cb: (ok: boolean) => void): void {
     const core = this.core;
-    const hash = keyHash(key);
-    core.exclusive(hash, (release) => {
-      const finish = (ok: boolean): void => {
-        release();
-        cb(ok);
-      };
+    core.holding(key, cb, (hash, finish: (ok: boolean) => void) => {
       const source = this.source(key, node);
       if (source < 0) return finish(false);
       const routed = core.routed;

@@ -26,6 +26,7 @@ import type { Reply } from '../../src/protocol/response-parser.js';
 import { type Memcached, sleep } from './memcached.js';
 import { MemcacheClient } from './proxy.js';
 import { prng } from './split.js';
+import { until, WaitTimeout } from './wait.js';
 
 export interface SessionOptions {
   /** Proxy port. */
@@ -521,27 +522,28 @@ export class SessionWorkload {
     try {
       for (let i = 0; i < this.keys.length; i += batch) {
         const keys = this.keys.slice(i, i + batch);
-        const deadline = performance.now() + retryMs;
-        for (;;) {
-          let r: Reply | null = null;
-          let why = '';
-          try {
-            r = await client.request(`get ${keys.join(' ')}`);
-            if (r.values === null || r.text !== 'END') why = r.text;
-          } catch (e) {
-            why = (e as Error).message;
-            client.close();
-            client = await MemcacheClient.connect(this.options.port);
-          }
-          if (r !== null && r.values !== null && r.text === 'END') {
+        let why = '';
+        try {
+          await until(`a read of keys ${i}..${i + keys.length - 1}`, retryMs, async () => {
+            let r: Reply;
+            try {
+              r = await client.request(`get ${keys.join(' ')}`);
+            } catch (e) {
+              why = (e as Error).message;
+              client.close();
+              client = await MemcacheClient.connect(this.options.port);
+              return false;
+            }
+            if (r.values === null || r.text !== 'END') {
+              why = r.text;
+              return false;
+            }
             for (const v of r.values) got.set(v.key.toString('latin1'), v.data.toString('latin1'));
-            break;
-          }
-          if (performance.now() > deadline) {
-            for (const k of keys) unavailable.push(this.violation('unavailable', 'verify', k, why));
-            break;
-          }
-          await sleep(50);
+            return true;
+          });
+        } catch (e) {
+          if (!(e instanceof WaitTimeout)) throw e;
+          for (const k of keys) unavailable.push(this.violation('unavailable', 'verify', k, why));
         }
       }
     } finally {

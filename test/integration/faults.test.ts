@@ -31,6 +31,7 @@ import {
   replicaKeys,
 } from '../helpers/sessions.js';
 import { prng } from '../helpers/split.js';
+import { until } from '../helpers/wait.js';
 
 /** The proxy's own `stats`, as a map. */
 async function proxyStats(port: number): Promise<Map<string, string>> {
@@ -75,14 +76,6 @@ async function verifyReplicas(
     out.push(...(await w.verifyNode(c.nodes[n]!, keys, { requirePresent })));
   }
   return out;
-}
-
-async function until(what: string, ms: number, check: () => boolean): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
-    await sleep(10);
-  }
 }
 
 // ------------------------------------------------------------ garbage flood
@@ -547,8 +540,11 @@ describe('fencing and re-sync edge cases', function () {
     c.nodes[B]!.resume();
     paused.delete(B);
     await c.waitNode(B, true, 3000);
-    const deadline = Date.now() + 3000;
-    while ((await peek(c.nodes[A]!, k))?.value !== 'v3' && Date.now() < deadline) await sleep(20);
+    await until(
+      'A brought up to date from B',
+      3000,
+      async () => (await peek(c.nodes[A]!, k))?.value === 'v3',
+    );
     expect(await p.command(`get ${k}`)).to.equal(`VALUE ${k} 0 2\r\nv3\r\nEND\r\n`);
     expect(await p.command(`get ${d}`)).to.equal('END\r\n');
     expect((await peek(c.nodes[A]!, k))?.value).to.equal('v3');
@@ -730,9 +726,8 @@ describe('fencing and re-sync edge cases', function () {
     await sleep(500);
     filler.close();
     await Promise.all([c.restart(0), c.restart(1)]);
-    const deadline = Date.now() + 15000;
     const fin = (i: number): boolean => c.proxy.recovery.resyncState(i) === 'done';
-    while (!(fin(0) && fin(1)) && Date.now() < deadline) await sleep(20);
+    await until('both re-syncs done', 15000, () => fin(0) && fin(1));
     expect([0, 1].map((i) => c.proxy.recovery.resyncState(i))).to.deep.equal(['done', 'done']);
     await c.kill(C);
     await c.waitNode(C, false, 3000);

@@ -12,6 +12,7 @@ import { expect } from 'chai';
 import { expectedReplies, parseStream, pick, pool, prng, show } from '../helpers/differential.js';
 import { EXPECT_QUIET } from '../../src/protocol/response-parser.js';
 import { Memcached, sleep } from '../helpers/memcached.js';
+import { until } from '../helpers/wait.js';
 import {
   type Cluster,
   EXPECT_LINE,
@@ -31,14 +32,6 @@ function normCas(s: string): string {
   return s
     .replace(/^(VALUE \S+ \d+ \d+) \d+\r$/gm, '$1 <cas>\r')
     .replace(/^((?:VA \d+|HD|EN|NF|NS|EX)(?: \S+)*?) c\d+/gm, '$1 c<cas>');
-}
-
-async function until(what: string, ms: number, check: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
-    await sleep(10);
-  }
 }
 
 async function stat(client: MemcacheClient, name: string): Promise<number> {

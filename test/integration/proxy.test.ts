@@ -12,6 +12,7 @@ import { parseConfig } from '../../src/config.js';
 import { Ring } from '../../src/routing/ring.js';
 import { PROTOCOL_VERSION, VERSION } from '../../src/version.js';
 import { Memcached, sleep } from '../helpers/memcached.js';
+import { until } from '../helpers/wait.js';
 import {
   type Cluster,
   MemcacheClient,
@@ -66,14 +67,6 @@ function keyOn(c: Cluster, prefix: string, primary: number, backup?: number): st
     if (o[0] === primary && (backup === undefined || o[1] === backup)) return k;
   }
   throw new Error('no such key');
-}
-
-async function until(what: string, ms: number, check: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
-    await sleep(10);
-  }
 }
 
 // --------------------------------------------------------------------------
@@ -562,12 +555,12 @@ describe('proxy: replication', function () {
       m.close();
     }
     expect(await p.command(`touch ${touched} 900`)).to.equal('TOUCHED\r\n');
-    const deadline = Date.now() + 3000;
-    let item = await peek(c.nodes[lost]!, touched);
-    while (item === null && Date.now() < deadline) {
-      await sleep(20);
-      item = await peek(c.nodes[lost]!, touched);
-    }
+    await until(
+      'the touched key back on the replica that lacked it',
+      3000,
+      async () => (await peek(c.nodes[lost]!, touched)) !== null,
+    );
+    const item = await peek(c.nodes[lost]!, touched);
     expect(item, 'the replica that lacked it has it again').to.include({ value: 'abc', flags: 7 });
     expect(item!.ttl).to.be.within(890, 900);
   });
@@ -1197,13 +1190,11 @@ describe('failover: a session lock taken with add', function () {
     expect(await p.command(`add ${lock} 0 0 5`, 'owner')).to.equal('STORED\r\n');
     await c.kill(0);
     const answers: string[] = [];
-    const deadline = Date.now() + 1500;
-    for (;;) {
+    await until('an add answered other than SERVER_ERROR', 1500, async () => {
       const r = await p.command(`add ${lock} 0 0 5`, 'thief');
       answers.push(r);
-      if (!r.startsWith('SERVER_ERROR') || Date.now() > deadline) break;
-      await sleep(20);
-    }
+      return !r.startsWith('SERVER_ERROR');
+    });
     expect(answers, 'never STORED').to.not.include('STORED\r\n');
     expect(answers[answers.length - 1]).to.equal('NOT_STORED\r\n');
     expect(await p.command(`get ${lock}`)).to.equal(`VALUE ${lock} 0 5\r\nowner\r\nEND\r\n`);

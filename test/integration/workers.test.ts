@@ -10,10 +10,11 @@
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { Ring } from '../../src/routing/ring.js';
-import { Memcached, sleep } from '../helpers/memcached.js';
+import { Memcached } from '../helpers/memcached.js';
 import { ProxyProcess } from '../helpers/proxy-process.js';
 import { MemcacheClient, peek, statsOf } from '../helpers/proxy.js';
 import { SessionWorkload, formatViolations, replicaKeys } from '../helpers/sessions.js';
+import { until } from '../helpers/wait.js';
 
 const WORKERS = 2;
 
@@ -35,15 +36,9 @@ async function oneClientPerWorker(port: number): Promise<MemcacheClient[]> {
 
 let proxy: ProxyProcess | null = null;
 
-async function until(what: string, ms: number, check: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) {
-      const log = proxy?.logs.map((l) => JSON.stringify(l)).join('\n') ?? '';
-      throw new Error(`timed out waiting for ${what}; msproxy log:\n${log}`);
-    }
-    await sleep(20);
-  }
+/** The running msproxy's log, for an `until` that times out. */
+function msproxyLog(): string {
+  return `msproxy log:\n${proxy?.logs.map((l) => JSON.stringify(l)).join('\n') ?? ''}`;
 }
 
 /** Whether the worker behind `c` serves reads from `node` (up, not waiting for the others). */
@@ -110,9 +105,14 @@ describe('workers: 2 (node:cluster)', function () {
       acks.every((r) => r === 'STORED\r\n'),
       acks.join(''),
     ).to.equal(true);
-    await until('worker b to take node X out of service', 3000, async () => {
-      return (await statsOf(b)).get(`proxy_node_${X}_up`) === '0';
-    });
+    await until(
+      'worker b to take node X out of service',
+      3000,
+      async () => {
+        return (await statsOf(b)).get(`proxy_node_${X}_up`) === '0';
+      },
+      msproxyLog,
+    );
   }
 
   it('serves from every worker, and every worker writes a key to the same two nodes', async function () {
@@ -173,17 +173,23 @@ describe('workers: 2 (node:cluster)', function () {
       nodes[2]!.pause();
       await w.run(1500);
       nodes[2]!.resume();
-      for (const c of clients) await until('node 2 serves again', 10_000, () => serves(c, 2));
+      for (const c of clients)
+        await until('node 2 serves again', 10_000, () => serves(c, 2), msproxyLog);
       // Node 0 restarts empty: worker 0 re-syncs it; then its partner node 1 dies.
       const runs = Number((await statsOf(w0)).get('proxy_node_0_resyncs'));
       nodes[0] = await nodes[0]!.restart();
-      await until('re-sync of node 0 by worker 0', 20_000, async () => {
-        const s = await statsOf(w0);
-        if (s.get('proxy_node_0_resync') === 'failed') throw new Error('re-sync failed');
-        return (
-          Number(s.get('proxy_node_0_resyncs')) > runs && s.get('proxy_node_0_resync') === 'done'
-        );
-      });
+      await until(
+        're-sync of node 0 by worker 0',
+        20_000,
+        async () => {
+          const s = await statsOf(w0);
+          if (s.get('proxy_node_0_resync') === 'failed') throw new Error('re-sync failed');
+          return (
+            Number(s.get('proxy_node_0_resyncs')) > runs && s.get('proxy_node_0_resync') === 'done'
+          );
+        },
+        msproxyLog,
+      );
       await nodes[1]!.kill();
       await w.run(1000);
       await w.stop();
@@ -212,15 +218,20 @@ describe('workers: 2 (node:cluster)', function () {
     expect(await b.command('get survivor')).to.equal('VALUE survivor 0 2\r\nok\r\nEND\r\n');
     await proxy!.waitLog((l) => l.msg === 'worker died', 5000);
     // New connections reach a new worker 0 (another pid) once it listens.
-    await until('a restarted worker', 10_000, async () => {
-      const c = await MemcacheClient.connect(proxy!.port);
-      try {
-        const s = await statsOf(c);
-        return s.get('proxy_worker') === '0' && Number(s.get('pid')) !== victim;
-      } finally {
-        c.close();
-      }
-    });
+    await until(
+      'a restarted worker',
+      10_000,
+      async () => {
+        const c = await MemcacheClient.connect(proxy!.port);
+        try {
+          const s = await statsOf(c);
+          return s.get('proxy_worker') === '0' && Number(s.get('pid')) !== victim;
+        } finally {
+          c.close();
+        }
+      },
+      msproxyLog,
+    );
   });
 
   it('a worker that dies while a node is down: that node is flushed, never stale', async function () {
@@ -232,7 +243,7 @@ describe('workers: 2 (node:cluster)', function () {
     process.kill(Number((await statsOf(a)).get('pid')), 'SIGKILL');
     await a.waitClose();
     nodes[X]!.resume();
-    await until('worker b to serve node X again', 15_000, () => serves(b, X));
+    await until('worker b to serve node X again', 15_000, () => serves(b, X), msproxyLog);
     const r = await b.request(`get ${keys.join(' ')}`);
     const seen = (r.values ?? []).map((v) => v.data.toString());
     expect(seen).to.have.length(keys.length);

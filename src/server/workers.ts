@@ -250,8 +250,38 @@ export function ignoreHangup(log: Logger | null): void {
 }
 
 /**
+ * SIGINT and SIGTERM, whichever comes first: the first one logs "shutting down" and calls
+ * `graceful`; a second one of either ends the process at once. `now` runs first (the primary
+ * kills its workers), then both listeners are removed and the signal is raised again, so its
+ * default action ends the process (a shell sees the usual 128 + signal number).
+ */
+export function onStopSignals(
+  log: Logger,
+  graceful: (signal: NodeJS.Signals) => void,
+  now: () => void = () => {},
+): void {
+  let stopping = false;
+  const handle = (signal: NodeJS.Signals): void => {
+    if (!stopping) {
+      stopping = true;
+      log.info({ signal }, 'shutting down');
+      graceful(signal);
+      return;
+    }
+    log.warn({ signal }, 'second signal: exiting at once');
+    now();
+    process.removeAllListeners('SIGINT');
+    process.removeAllListeners('SIGTERM');
+    process.kill(process.pid, signal);
+  };
+  process.on('SIGINT', handle);
+  process.on('SIGTERM', handle);
+}
+
+/**
  * The primary: fork `config.workers` workers and supervise them until
- * SIGINT/SIGTERM. Resolves with the exit code (1 if a worker cannot start).
+ * SIGINT/SIGTERM (a second one ends it at once, see onStopSignals). Resolves with the exit
+ * code (1 if a worker cannot start).
  */
 export function runPrimary(config: Config, log: Logger): Promise<number> {
   ignoreHangup(log);
@@ -335,13 +365,14 @@ export function runPrimary(config: Config, log: Logger): Promise<number> {
   };
 
   for (let i = 0; i < n; i++) fork(i);
-  const stop = (signal: string): void => {
-    if (stopping) return;
-    log.info({ signal }, 'shutting down');
-    stopAll(0);
-  };
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
+  // A second signal kills the workers still closing and ends the primary at once.
+  onStopSignals(
+    log,
+    () => stopAll(0),
+    () => {
+      for (const w of slots) w?.process.kill('SIGKILL');
+    },
+  );
   return done;
 }
 

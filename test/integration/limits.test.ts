@@ -14,6 +14,7 @@ import { EXPECT_QUIET } from '../../src/protocol/response-parser.js';
 import { Memcached, sleep } from '../helpers/memcached.js';
 import { until } from '../helpers/wait.js';
 import {
+  bytesReadFrom,
   type Cluster,
   EXPECT_LINE,
   EXPECT_VALUES,
@@ -433,7 +434,13 @@ describe('limits: a command that stalls half-sent', function () {
     staller.send(`set hs:k 0 0 100\r\n${data.slice(0, 10)}`);
     // A second client stalls inside a command line (no newline yet).
     lineStaller.send('get hs:k hs:');
-    await sleep(50);
+    // Both stalls are in msproxy, not in a socket buffer, before the other client starts.
+    const stalled = `set hs:k 0 0 100\r\n${data.slice(0, 10)}`.length + 'get hs:k hs:'.length;
+    await until(
+      'msproxy to read both stalled commands',
+      2000,
+      () => bytesReadFrom(c.proxy, staller, lineStaller) === stalled,
+    );
 
     expect(await other.command('set hs:k 0 0 5', 'other')).to.equal('STORED\r\n');
     expect(await other.command('get hs:k')).to.equal('VALUE hs:k 0 5\r\nother\r\nEND\r\n');
@@ -447,9 +454,9 @@ describe('limits: a command that stalls half-sent', function () {
     expect(c.proxy.stats.backendTimeouts).to.equal(0);
 
     // The first client finishes its value: STORED, and it is the value now.
-    const stalled = staller.expectReply(EXPECT_LINE);
+    const stored = staller.expectReply(EXPECT_LINE);
     staller.send(data.slice(10) + '\r\n');
-    expect((await stalled).text).to.equal('STORED');
+    expect((await stored).text).to.equal('STORED');
     const lineDone = lineStaller.expectReply(EXPECT_VALUES);
     lineStaller.send('x\r\n'); // completes "get hs:k hs:x"
     expect((await lineDone).values!.map((v) => v.data.toString('latin1'))).to.deep.equal([data]);

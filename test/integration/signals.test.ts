@@ -66,7 +66,12 @@ describe('signals: SIGHUP', function () {
     await answers(proxy.port);
     // A second one too (a listener registered with `once` would let it kill).
     process.kill(proxy.pid, 'SIGHUP');
-    await sleep(200);
+    const p = proxy;
+    await until(
+      'the second warning',
+      3000,
+      () => p.logs.filter((l) => l.msg === WARNING).length === 2,
+    );
     await answers(proxy.port);
     expect(proxy.logs.filter((l) => l.msg === WARNING)).to.have.length(2);
     expect(await proxy.stop(), 'exit code after SIGTERM').to.equal(0);

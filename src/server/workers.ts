@@ -18,6 +18,7 @@
  */
 
 import cluster, { type Worker } from 'node:cluster';
+import { constants } from 'node:os';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { RejoinGate } from '../routing/rejoin-gate.js';
@@ -253,7 +254,7 @@ export function ignoreHangup(log: Logger | null): void {
  * SIGINT and SIGTERM, whichever comes first: the first one logs "shutting down" and calls
  * `graceful`; a second one of either ends the process at once. `now` runs first (the primary
  * kills its workers), then both listeners are removed and the signal is raised again, so its
- * default action ends the process (a shell sees the usual 128 + signal number).
+ * default action ends the process; failing that, it exits with 128 + the signal's number.
  */
 export function onStopSignals(
   log: Logger,
@@ -273,6 +274,9 @@ export function onStopSignals(
     process.removeAllListeners('SIGINT');
     process.removeAllListeners('SIGTERM');
     process.kill(process.pid, signal);
+    // Should that not end it first (the signal is handled by another thread), exit as a shell
+    // reports a death by the signal.
+    process.exit(128 + (constants.signals[signal] ?? 0));
   };
   process.on('SIGINT', handle);
   process.on('SIGTERM', handle);

@@ -1,6 +1,6 @@
 /**
  * `msproxy --config <file>`: validate the config, start the proxy, and stop
- * cleanly on SIGINT/SIGTERM. SIGHUP is logged and ignored (see
+ * cleanly on SIGINT/SIGTERM (a second one ends it at once). SIGHUP is logged and ignored (see
  * ignoreHangup). `--check` validates and exits. With `workers` over 1 this
  * process becomes the cluster primary, and each worker it forks runs this
  * same entry point (told apart by MSP_WORKER).
@@ -11,7 +11,7 @@ import { Command } from 'commander';
 import { pino } from 'pino';
 import { ConfigError, loadConfig, parseConfig } from './config.js';
 import { Proxy } from './server/proxy.js';
-import { ignoreHangup, runPrimary, runWorker } from './server/workers.js';
+import { ignoreHangup, onStopSignals, runPrimary, runWorker } from './server/workers.js';
 import { VERSION } from './version.js';
 
 export async function main(argv: string[]): Promise<number> {
@@ -66,13 +66,7 @@ export async function main(argv: string[]): Promise<number> {
     log.fatal({ err }, 'cannot listen');
     return 1;
   }
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string): void => {
-      log.info({ signal }, 'shutting down');
-      void proxy.close().then(resolve);
-    };
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
-  });
+  // A second SIGINT or SIGTERM, whichever the first was, ends the process at once.
+  await new Promise<void>((resolve) => onStopSignals(log, () => void proxy.close().then(resolve)));
   return 0;
 }

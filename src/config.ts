@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { isIPv6 } from 'node:net';
 import { z } from 'zod';
+import { hashedLabel } from './routing/ring.js';
 
 const HOST_PORT = /^(.+):(\d{1,5})$/;
 
@@ -135,6 +136,7 @@ export const configSchema = z
       });
     }
     const seen = new Map<string, number>();
+    const hashed = new Map<string, number>();
     const at = new Map<string, number>();
     c.nodes.forEach((n, i) => {
       const label = nodeLabel(n);
@@ -147,6 +149,18 @@ export const configSchema = z
         });
       }
       seen.set(label, i);
+      // Other labels hashed as one string ("cache-a:11211" and a node named "cache-a") get
+      // the same ring points: the later one would never be a key's primary.
+      const h = hashedLabel(label);
+      const twin = prev === undefined ? hashed.get(h) : undefined;
+      if (twin !== undefined) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['nodes', i],
+          message: `ring label collision: ${describe(n)} is hashed onto the ring as "${h}", as nodes[${twin}] (${describe(c.nodes[twin]!)}) is; their ring points would coincide (give one a distinct name)`,
+        });
+      }
+      if (!hashed.has(h)) hashed.set(h, i);
       // Two labels on one memcached would put both replicas of many keys on that one process.
       const keys = addressKeys(n);
       const same = prev === undefined ? keys.find((k) => at.has(k)) : undefined;
@@ -207,7 +221,10 @@ function canonicalHost(raw: string): string {
 export type Config = z.output<typeof configSchema>;
 export type NodeConfig = Config['nodes'][number];
 
-/** The ring label of a node: its name, or host:port (the ring hashes "host" alone for port 11211, as libmemcached does). */
+/**
+ * The ring label of a node: its name, or host:port. The ring hashes "host" alone for a label
+ * "host:11211", as libmemcached does (see hashedLabel in routing/ring.ts).
+ */
 export function nodeLabel(n: { host: string; port: number; name?: string | undefined }): string {
   if (n.name !== undefined) return n.name;
   return `${n.host}:${n.port}`;

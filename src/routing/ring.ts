@@ -21,6 +21,18 @@ export interface RingNode {
   weight: number;
 }
 
+/**
+ * The string the ring hashes for a label (as "<string>-<i>" for its i-th group of points),
+ * as hashring does with 'default port' 11211 (and libmemcached for port 11211): the part
+ * before the first ':' when the part after it reads as 11211, the whole label otherwise. So
+ * "cache-a:11211" and "cache-a" hash alike; an IPv6 "::1:11211" is hashed whole. Two labels
+ * hashed as one string get the same points.
+ */
+export function hashedLabel(label: string): string {
+  const parts = label.split(':');
+  return Number(parts[1]) === 11211 ? parts[0]! : label;
+}
+
 /** Hash bits below the bucket index (4096 buckets). */
 const BUCKET_SHIFT = 20;
 
@@ -46,8 +58,14 @@ export class Ring {
     if (nodes.length === 0) throw new Error('ring needs at least one node');
     const servers: Record<string, number> = Object.create(null);
     const index = new Map<string, number>();
+    const hashed = new Map<string, string>();
     nodes.forEach((n, i) => {
       if (index.has(n.label)) throw new Error(`duplicate ring label ${n.label}`);
+      const h = hashedLabel(n.label);
+      const other = hashed.get(h);
+      if (other !== undefined)
+        throw new Error(`ring labels ${other} and ${n.label} are both hashed as "${h}"`);
+      hashed.set(h, n.label);
       servers[n.label] = n.weight;
       index.set(n.label, i);
     });

@@ -19,6 +19,7 @@
  */
 
 import cluster, { type Worker } from 'node:cluster';
+import { constants } from 'node:os';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { RejoinGate } from '../routing/rejoin-gate.js';
@@ -265,8 +266,41 @@ export function ignoreHangup(log: Logger | null): void {
 }
 
 /**
+ * SIGINT and SIGTERM, whichever comes first: the first one logs "shutting down" and calls
+ * `graceful`; a second one of either ends the process at once. `now` runs first (the primary
+ * kills its workers), then both listeners are removed and the signal is raised again, so its
+ * default action ends the process; failing that, it exits with 128 + the signal's number.
+ */
+export function onStopSignals(
+  log: Logger,
+  graceful: (signal: NodeJS.Signals) => void,
+  now: () => void = () => {},
+): void {
+  let stopping = false;
+  const handle = (signal: NodeJS.Signals): void => {
+    if (!stopping) {
+      stopping = true;
+      log.info({ signal }, 'shutting down');
+      graceful(signal);
+      return;
+    }
+    log.warn({ signal }, 'second signal: exiting at once');
+    now();
+    process.removeAllListeners('SIGINT');
+    process.removeAllListeners('SIGTERM');
+    process.kill(process.pid, signal);
+    // Should that not end it first (the signal is handled by another thread), exit as a shell
+    // reports a death by the signal.
+    process.exit(128 + (constants.signals[signal] ?? 0));
+  };
+  process.on('SIGINT', handle);
+  process.on('SIGTERM', handle);
+}
+
+/**
  * The primary: fork `config.workers` workers and supervise them until
- * SIGINT/SIGTERM. Resolves with the exit code (1 if a worker cannot start).
+ * SIGINT/SIGTERM (a second one ends it at once, see onStopSignals). Resolves with the exit
+ * code (1 if a worker cannot start).
  */
 export function runPrimary(config: Config, log: Logger): Promise<number> {
   ignoreHangup(log);
@@ -350,13 +384,14 @@ export function runPrimary(config: Config, log: Logger): Promise<number> {
   };
 
   for (let i = 0; i < n; i++) fork(i);
-  const stop = (signal: string): void => {
-    if (stopping) return;
-    log.info({ signal }, 'shutting down');
-    stopAll(0);
-  };
-  process.on('SIGINT', stop);
-  process.on('SIGTERM', stop);
+  // A second signal kills the workers still closing and ends the primary at once.
+  onStopSignals(
+    log,
+    () => stopAll(0),
+    () => {
+      for (const w of slots) w?.process.kill('SIGKILL');
+    },
+  );
   return done;
 }
 

@@ -35,6 +35,8 @@ export class ProxyProcess {
   readonly logs: LogLine[] = [];
   port = 0;
   private exitCode: number | null = null;
+  /** The signal that ended it, when one did (the exit code reads 128 then). */
+  exitSignal: NodeJS.Signals | null = null;
   private readonly exited: Promise<number>;
 
   private constructor(readonly child: ChildProcess) {
@@ -42,6 +44,7 @@ export class ProxyProcess {
     this.exited = new Promise((resolve) => {
       child.once('exit', (code, signal) => {
         running.delete(child);
+        this.exitSignal = signal;
         this.exitCode = code ?? (signal ? 128 : 1);
         resolve(this.exitCode);
       });

@@ -548,3 +548,21 @@ export async function startSideBySide(options: ClusterOptions = {}): Promise<Sid
     },
   };
 }
+
+/**
+ * Bytes an in-process msproxy has read from these clients' connections (a peek at its
+ * sessions): a test that needs a command to be in msproxy waits on it, instead of a sleep.
+ */
+export function bytesReadFrom(proxy: Proxy, ...clients: MemcacheClient[]): number {
+  const sessions = (proxy as unknown as { sessions: Map<net.Socket, unknown> }).sessions;
+  const ports = new Set(clients.map((c) => c.socket.localPort));
+  let n = 0;
+  for (const socket of sessions.keys()) if (ports.has(socket.remotePort)) n += socket.bytesRead;
+  return n;
+}
+
+/** Requests msproxy has sent to node `node` and awaits replies for (a peek at its connections). */
+export function inflightOn(proxy: Proxy, node: number): number {
+  const conns = (proxy.nodes[node] as unknown as { conns: ({ inflight: number } | null)[] }).conns;
+  return conns.reduce((n, conn) => n + (conn?.inflight ?? 0), 0);
+}

@@ -728,7 +728,9 @@ describe('fencing and re-sync edge cases', function () {
       bulk += `set filler:${n}:${'y'.repeat(150)} 0 0 50 noreply\r\n${'x'.repeat(50)}\r\n`;
     }
     filler.send(bulk);
-    await sleep(500);
+    // memcached answers in order: once `stats` is answered, every filler set is stored.
+    const items = Number((await statsOf(filler)).get('curr_items'));
+    expect(items, 'items on the shared source').to.be.at.least(20000);
     filler.close();
     await Promise.all([c.restart(0), c.restart(1)]);
     const fin = (i: number): boolean => c.proxy.recovery.resyncState(i) === 'done';

@@ -14,9 +14,11 @@ import { PROTOCOL_VERSION, VERSION } from '../../src/version.js';
 import { Memcached, sleep } from '../helpers/memcached.js';
 import { until } from '../helpers/wait.js';
 import {
+  bytesReadFrom,
   type Cluster,
   MemcacheClient,
   direct,
+  inflightOn,
   keysOn,
   peek,
   replyText,
@@ -820,22 +822,36 @@ describe("proxy: one client's pipelined commands take effect in order", function
     b.close();
     const other = await MemcacheClient.connect(c.port);
     try {
+      const repairs = c.proxy.stats.readRepairs;
       // Paused for well under the 250 ms request timeout, so the backup is not marked down.
       c.nodes[backup]!.pause();
       let read: Promise<string>;
       let deleted: Promise<string>;
       try {
         read = p.command(`get ${k}`);
-        // The primary's miss is back by now; the look at the backup waits.
-        await sleep(30);
+        // The primary's miss is back; the get's look at the backup waits there.
+        await until('the get waiting on the backup', 150, () => inflightOn(c.proxy, backup) > 0);
+        const before = bytesReadFrom(c.proxy, other);
         deleted = other.command(`delete ${k}`);
-        await sleep(30);
+        // The delete is in msproxy while the read is still looking.
+        await until(
+          'msproxy to read the delete',
+          150,
+          () => bytesReadFrom(c.proxy, other) === before + `delete ${k}\r\n`.length,
+        );
       } finally {
         c.nodes[backup]!.resume();
       }
       expect(await read).to.equal(`VALUE ${k} 0 2\r\nv0\r\nEND\r\n`);
       expect(await deleted).to.equal('DELETED\r\n');
-      await sleep(20);
+      // The read found it on the backup and repaired the primary (the race this is about).
+      expect(c.proxy.stats.readRepairs - repairs, 'read repairs').to.equal(1);
+      // Nothing still on its way to the primary that a peek could overtake.
+      await until(
+        'the primary to have nothing in flight',
+        2000,
+        () => inflightOn(c.proxy, primary) === 0,
+      );
       expect(await peek(c.nodes[primary]!, k), 'primary').to.equal(null);
       expect(await peek(c.nodes[backup]!, k), 'backup').to.equal(null);
       expect(await p.command(`get ${k}`)).to.equal('END\r\n');
@@ -1391,7 +1407,11 @@ describe('ack mode async', function () {
     expect(
       await p.script(`add ${k} 0 0 1\r\n1\r\nincr ${k} 1\r\nset ${k} 0 0 1\r\n9\r\n`),
     ).to.equal('STORED\r\n2\r\nSTORED\r\n');
-    await sleep(50);
+    // The background copy of the incr has been sent: once no node has a request in flight,
+    // nothing can still overwrite the set.
+    await until('every node to have nothing in flight', 2000, () =>
+      c.nodes.every((_, i) => inflightOn(c.proxy, i) === 0),
+    );
     expect(await onReplicas(k)).to.deep.equal(['9', '9']);
   });
 });

@@ -109,3 +109,49 @@ describe('config: replicas', function () {
     );
   });
 });
+
+describe('config: nodes whose ring points would coincide', function () {
+  // The ring hashes a node's label as hashring does: "host" alone when the label reads
+  // "host:11211", the whole label otherwise. Two nodes hashing one string get the same 160
+  // points, and the one listed later is never a key's primary.
+  it('refuses host:11211 beside a node named host', function () {
+    expect(
+      refusal([
+        { host: '10.0.0.1', port: 11211, name: 'cache-a' },
+        { host: 'cache-a', port: 11211 },
+        '10.0.0.3:11211',
+      ]),
+    ).to.equal(
+      'config: nodes[1]: ring label collision: cache-a:11211 is hashed onto the ring as "cache-a", as nodes[0] (10.0.0.1:11211 "cache-a") is; their ring points would coincide (give one a distinct name)',
+    );
+  });
+
+  it('still calls a name spelled as another node’s host:port a duplicate node', function () {
+    expect(
+      refusal(['cache-b:11311', { host: '10.0.0.2', port: 11211, name: 'cache-b:11311' }]),
+    ).to.equal('config: nodes[1]: duplicate node cache-b:11311 (same as nodes[0])');
+  });
+
+  it('refuses a name ending in :11211 beside a node named as its host', function () {
+    expect(
+      refusal([
+        { host: '10.0.0.1', port: 5000, name: 'x' },
+        { host: '10.0.0.2', port: 5000, name: 'x:11211' },
+      ]),
+    ).to.equal(
+      'config: nodes[1]: ring label collision: 10.0.0.2:5000 "x:11211" is hashed onto the ring as "x", as nodes[0] (10.0.0.1:5000 "x") is; their ring points would coincide (give one a distinct name)',
+    );
+  });
+
+  it('accepts labels that hash apart: host:11211 beside host:11212 and a name host-1', function () {
+    const c = parseConfig(
+      withNodes([
+        'cache-a:11211',
+        'cache-a:11212',
+        { host: '10.0.0.1', port: 11211, name: 'cache-a-1' },
+        { host: '10.0.0.2', port: 11211, name: 'cache-a:11212x' },
+      ]),
+    );
+    expect(c.nodes).to.have.length(4);
+  });
+});

@@ -5,7 +5,7 @@
  */
 
 import { expect } from 'chai';
-import { Ring } from '../../src/routing/ring.js';
+import { hashedLabel, Ring } from '../../src/routing/ring.js';
 
 interface Internals {
   points: Uint32Array;
@@ -39,4 +39,29 @@ describe('Ring.find', function () {
       }
     });
   }
+});
+
+describe('Ring labels', function () {
+  it('hashes host alone for a label host:11211, the whole label otherwise', function () {
+    expect(hashedLabel('cache-a:11211')).to.equal('cache-a');
+    expect(hashedLabel('cache-a:11212')).to.equal('cache-a:11212');
+    expect(hashedLabel('cache-a')).to.equal('cache-a');
+    expect(hashedLabel('x:11211:y')).to.equal('x');
+    expect(hashedLabel('::1:11211')).to.equal('::1:11211');
+  });
+
+  it('gives two labels hashed as one string the same points, so it refuses them', function () {
+    // What the check prevents: "cache-a" and "cache-a:11211" alone would own one set of points.
+    const a = new Ring([{ label: 'cache-a', weight: 1 }]) as unknown as Internals;
+    const b = new Ring([{ label: 'cache-a:11211', weight: 1 }]) as unknown as Internals;
+    expect([...a.points]).to.deep.equal([...b.points]);
+    expect(
+      () =>
+        new Ring([
+          { label: 'cache-a', weight: 1 },
+          { label: 'cache-b', weight: 1 },
+          { label: 'cache-a:11211', weight: 1 },
+        ]),
+    ).to.throw('ring labels cache-a and cache-a:11211 are both hashed as "cache-a"');
+  });
 });

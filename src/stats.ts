@@ -16,8 +16,8 @@ export class Stats {
   getHits = 0;
   getMisses = 0;
   clientErrors = 0;
-  /** Connections closed because they spoke memcached's binary protocol. */
-  binaryRefused = 0;
+  /** Connections that spoke memcached's binary protocol. */
+  binaryConnections = 0;
   /** Reads answered by a replica other than the primary. */
   failoverReads = 0;
   /** Items written back to a primary that missed them. */

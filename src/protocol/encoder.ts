@@ -59,34 +59,6 @@ export function encodeStats(stats: Iterable<readonly [string, string | number | 
   return Buffer.from(out, 'latin1');
 }
 
-/** The first byte of a memcached binary-protocol request; its header is 24 bytes. */
-export const BINARY_REQUEST_MAGIC = 0x80;
-export const BINARY_HEADER_LENGTH = 24;
-const BINARY_RESPONSE_MAGIC = 0x81;
-/** protocol_binary.h's PROTOCOL_BINARY_RESPONSE_NOT_SUPPORTED. */
-const BINARY_NOT_SUPPORTED = 0x0083;
-export const BINARY_REFUSAL = 'msproxy speaks the memcached text protocol only';
-
-/**
- * The binary-protocol response msproxy answers a binary request's header
- * with: status "not supported", the request's opcode and opaque, and
- * BINARY_REFUSAL as the body, so a binary client fails at once, with a
- * reason, instead of timing out.
- */
-export function encodeBinaryRefusal(request: Buffer): Buffer {
-  const body = Buffer.from(BINARY_REFUSAL, 'latin1');
-  const out = Buffer.alloc(BINARY_HEADER_LENGTH + body.length);
-  out[0] = BINARY_RESPONSE_MAGIC;
-  out[1] = request[1]!; // opcode
-  // key length, extras length and data type stay 0
-  out.writeUInt16BE(BINARY_NOT_SUPPORTED, 6);
-  out.writeUInt32BE(body.length, 8);
-  request.copy(out, 12, 12, 16); // opaque
-  // cas stays 0
-  body.copy(out, BINARY_HEADER_LENGTH);
-  return out;
-}
-
 /**
  * A get reply from VALUE blocks collected from several backends: each block
  * is written as received, then one END. Returned as pieces for a corked writev.

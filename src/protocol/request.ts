@@ -36,6 +36,17 @@ export type Command =
   | 'admin';
 
 export const EMPTY = Buffer.alloc(0);
+
+/** What a Request that came in binary needs to be answered in binary (binary-command.ts). */
+export interface BinaryOrigin {
+  opcode: number;
+  /** The loud opcode it stands for (SET for SETQ). */
+  command: number;
+  quiet: boolean;
+  opaque: number;
+  /** The key as sent (getk and gatk return it; stat's is its group). */
+  key: Buffer;
+}
 /** `args` of a command without any (never pushed to: see the parser). */
 const NO_ARGS: Buffer[] = [];
 
@@ -72,6 +83,8 @@ export class Request {
   lower: number;
   /** Meta `M` mode character code, 0 when absent. */
   mode: number;
+  /** Set when the command came in binary: how to answer it. */
+  binary: BinaryOrigin | null;
 
   constructor(cmd: Command, raw: Buffer, lineLength: number) {
     this.cmd = cmd;
@@ -92,6 +105,7 @@ export class Request {
     this.upper = 0;
     this.lower = 0;
     this.mode = 0;
+    this.binary = null;
   }
 
   /** First key (every keyed command has at least one). */
@@ -137,9 +151,11 @@ export class ProtocolError {
      * reads back the value it just tried to replace.
      */
     readonly unlink: Buffer | null = null,
+    /** The reply's bytes when they are not the message as a line (a binary response). */
+    readonly bytes: Buffer | null = null,
   ) {}
 
   get reply(): Buffer {
-    return Buffer.from(this.message + '\r\n', 'latin1');
+    return this.bytes ?? Buffer.from(this.message + '\r\n', 'latin1');
   }
 }

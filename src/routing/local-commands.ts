@@ -70,7 +70,7 @@ export function statsReply(ctx: RouteContext, req: Request, id: StatsIdentity): 
     ['proxy_worker', id.worker ?? 0],
     ['proxy_workers', id.workers ?? 1],
     ['proxy_client_errors', s.clientErrors],
-    ['proxy_binary_refused', s.binaryRefused],
+    ['proxy_binary_connections', s.binaryConnections],
     ['proxy_failover_reads', s.failoverReads],
     ['proxy_read_repairs', s.readRepairs],
     ['proxy_replication_failures', s.replicationFailures],

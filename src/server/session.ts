@@ -12,23 +12,20 @@
  * so a client that pipelines without reading cannot make msproxy buffer
  * without bound.
  *
- * A connection whose first byte is 0x80 speaks memcached's binary protocol:
- * once its 24-byte header is in, it is answered one binary "not supported"
- * response and closed (memcached itself tells the protocols apart by that
- * byte). Until then it waits like any incomplete command.
+ * The first byte of a connection decides its protocol, as in memcached:
+ * 0x80 is binary, anything else text. A binary request becomes the same
+ * Request a text command does (binary-command.ts), and its reply is encoded
+ * back as a binary response; everything above holds for both.
  */
 
 import type net from 'node:net';
 import type { Logger } from 'pino';
 import { type Out, type Router, unlinkRequest } from '../routing/router.js';
 import { readRaw } from '../net/raw-read.js';
-import {
-  BINARY_HEADER_LENGTH,
-  BINARY_REQUEST_MAGIC,
-  encodeBinaryRefusal,
-} from '../protocol/encoder.js';
+import { BinaryParser, Op, REQUEST_MAGIC, response } from '../protocol/binary.js';
+import { BinaryCommands, binaryReply, binaryStats } from '../protocol/binary-command.js';
 import { RequestParser } from '../protocol/request-parser.js';
-import type { ProtocolError, Request } from '../protocol/request.js';
+import { ProtocolError, type Request } from '../protocol/request.js';
 import type { Stats } from '../stats.js';
 import { TurnQueue } from '../turn-queue.js';
 
@@ -65,6 +62,21 @@ class Slot {
   next: Slot | null = null;
 }
 
+/** What a session asks of its protocol's parser (text or binary). */
+interface Parser {
+  push(chunk: Buffer): void;
+  pause(): void;
+  resume(): void;
+  readonly holding: boolean;
+}
+
+/** The reply to send for `req`: as the route made it (text), or encoded for a binary client. */
+function encoded(req: Request, out: Out): Out {
+  const b = req.binary;
+  if (b === null) return out;
+  return b.command === Op.STAT ? binaryStats(b, out) : binaryReply(b, out);
+}
+
 /** `b`, or a copy of it if it is a view of a larger buffer. */
 function ownBytes(b: Buffer): Buffer {
   if (b.buffer.byteLength === b.length) return b;
@@ -77,9 +89,9 @@ export class ClientSession {
   private readonly socket: net.Socket;
   private readonly router: Router;
   private readonly stats: Stats;
-  private readonly parser: RequestParser;
+  private parser: Parser;
+  private readonly options: SessionOptions;
   private readonly maxInflight: number;
-  private readonly log: Logger;
   private head: Slot | null = null;
   private tail: Slot | null = null;
   private inflight = 0;
@@ -99,18 +111,15 @@ export class ClientSession {
   private barrier = false;
   /** Commands waiting behind a barrier: request, slot, request, slot, ... */
   private held: (Request | Slot)[] = [];
-  /** No byte read yet, or a binary request's header is still arriving (see sniff). */
+  /** No byte read yet: the first one decides the protocol. */
   private sniffing = true;
-  /** The binary header read so far. */
-  private binary: Buffer | null = null;
-  private binaryRead = 0;
 
   constructor(socket: net.Socket, router: Router, stats: Stats, options: SessionOptions) {
     this.socket = socket;
     this.router = router;
     this.stats = stats;
+    this.options = options;
     this.maxInflight = options.maxInflight;
-    this.log = options.log;
     this.parser = new RequestParser(
       {
         onRequest: (req) => this.onRequest(req),
@@ -120,7 +129,12 @@ export class ClientSession {
     );
     socket.setNoDelay(true);
     const onChunk = (chunk: Buffer): void => {
-      if (this.closing || (this.sniffing && this.sniff(chunk))) return;
+      if (this.closing) return;
+      if (this.sniffing) {
+        if (chunk.length === 0) return;
+        this.sniffing = false;
+        if (chunk[0] === REQUEST_MAGIC) this.speakBinary();
+      }
       this.parser.push(chunk);
     };
     if (!readRaw(socket, onChunk)) socket.on('data', onChunk);
@@ -139,43 +153,21 @@ export class ClientSession {
     socket.resume();
   }
 
-  /**
-   * Look at the connection's first bytes; true if `chunk` was taken here
-   * (part of a binary request), false once it is text (the parser takes it,
-   * and no later chunk comes here).
-   */
-  private sniff(chunk: Buffer): boolean {
-    if (this.binary === null) {
-      if (chunk.length === 0) return true;
-      if (chunk[0] !== BINARY_REQUEST_MAGIC) {
-        this.sniffing = false;
-        return false;
-      }
-      this.binary = Buffer.alloc(BINARY_HEADER_LENGTH);
-    }
-    this.binaryRead += chunk.copy(this.binary, this.binaryRead);
-    if (this.binaryRead === BINARY_HEADER_LENGTH) {
-      this.sniffing = false;
-      this.refuseBinary(this.binary);
-    }
-    return true;
-  }
-
-  /** Answer a binary request's header with "not supported" and close (what follows it is dropped). */
-  private refuseBinary(header: Buffer): void {
-    this.stats.binaryRefused++;
-    this.log.warn(
+  /** The connection speaks binary: requests come from a binary parser from now on. */
+  private speakBinary(): void {
+    this.stats.binaryConnections++;
+    const commands = new BinaryCommands(this.options.itemSizeMax);
+    this.parser = new BinaryParser(
       {
-        remoteAddress: this.socket.remoteAddress,
-        remotePort: this.socket.remotePort,
-        opcode: header[1],
+        onPacket: (p) => {
+          const req = commands.request(p);
+          if (req instanceof ProtocolError) this.onProtocolError(req);
+          else this.onRequest(req);
+        },
+        onError: (err) => this.onProtocolError(err),
       },
-      'binary protocol client refused: msproxy speaks the text protocol only',
+      { itemSizeMax: this.options.itemSizeMax },
     );
-    const slot = this.reserve();
-    slot.close = true;
-    this.closing = true;
-    this.fill(slot, encodeBinaryRefusal(header));
   }
 
   private reserve(): Slot {
@@ -193,7 +185,10 @@ export class ClientSession {
     if (req.cmd === 'quit') {
       slot.close = true;
       this.closing = true;
-      this.fill(slot, null);
+      const b = req.binary;
+      const bye =
+        b === null || b.quiet ? null : response({ opcode: b.opcode, status: 0, opaque: b.opaque });
+      this.fill(slot, bye);
       return;
     }
     this.submit(req, slot);
@@ -219,7 +214,7 @@ export class ClientSession {
     this.router.execute(req, (out) => {
       this.running--;
       if (barrier) this.barrier = false;
-      this.fill(slot, slot.hasFixed ? slot.fixed : out);
+      this.fill(slot, slot.hasFixed ? slot.fixed : encoded(req, out));
       if (this.held.length > 0) this.dispatchHeld();
     });
   }

@@ -1,0 +1,373 @@
+/**
+ * Binary requests in the one command model, and replies back to binary.
+ *
+ * A binary request becomes the text command with the same meaning (mostly a
+ * meta command: `mg`, `ms`, `md`, `ma`), parsed by the text parser into the
+ * Request every route takes, so a binary client gets exactly the routing,
+ * replication and consistency rules a text client gets. A binary get of a
+ * printable key becomes `gets`, the fast path of a session read. Keys with
+ * any other bytes travel base64-encoded (the meta `b` flag), byte-exact.
+ *
+ * The reply the routes produce (text) is encoded back as memcached's binary
+ * response for the request's opcode, with its quiet rules: a quiet get's miss
+ * and a quiet write's success are not sent; errors always are.
+ */
+
+import { encodeKey } from './base64.js';
+import { type BinaryPacket, Op, Status, errorResponse, response } from './binary.js';
+import { RequestParser } from './request-parser.js';
+import { type BinaryOrigin, ProtocolError, type Request } from './request.js';
+
+type Out = Buffer | Buffer[] | null;
+
+/** The largest TTL a meta token takes (memcached reads it as a signed 32-bit number). */
+const TTL_MAX = 0x7fffffff;
+const NO_VIVIFY = 0xffffffff;
+const EMPTY = Buffer.alloc(0);
+
+/** Whether a key can be a classic text token as it is (printable ASCII, no space). */
+function printable(key: Buffer): boolean {
+  for (let i = 0; i < key.length; i++) {
+    const c = key[i]!;
+    if (c <= 0x20 || c >= 0x7f) return false;
+  }
+  return true;
+}
+
+/** The key as a meta command token: itself, or base64 (then `b` goes among the flags). */
+function keyToken(key: Buffer): string {
+  return printable(key) ? key.toString('latin1') : encodeKey(key).toString('latin1');
+}
+
+/** The meta flag a key written by keyToken needs: ` b` for base64. */
+function keyFlag(key: Buffer): string {
+  return printable(key) ? '' : ' b';
+}
+
+/** `<key>[ b]` for mg, md and ma, whose flags follow the key. */
+function metaKeyToken(key: Buffer): string {
+  return keyToken(key) + keyFlag(key);
+}
+
+function ttl(n: number): number {
+  return Math.min(n, TTL_MAX);
+}
+
+/**
+ * Turns binary packets into Requests: the text command for each, through a
+ * text parser of its own (fed one whole command at a time).
+ */
+export class BinaryCommands {
+  private readonly itemSizeMax: number;
+  private parser: RequestParser;
+  private parsed: Request | null = null;
+
+  constructor(itemSizeMax: number) {
+    // The binary parser has applied -I already; the text form adds a few bytes of its own.
+    this.itemSizeMax = itemSizeMax + 64;
+    this.parser = this.textParser();
+  }
+
+  private textParser(): RequestParser {
+    return new RequestParser(
+      {
+        onRequest: (req) => {
+          this.parsed = req;
+        },
+        onError: () => {},
+      },
+      { itemSizeMax: this.itemSizeMax },
+    );
+  }
+
+  /**
+   * The Request for `p`, or the binary error memcached would answer. `p`'s
+   * buffers may be views: what the Request keeps is copied here.
+   */
+  request(p: BinaryPacket): Request | ProtocolError {
+    const text = this.text(p);
+    if (text === null) {
+      return new ProtocolError(
+        '',
+        false,
+        false,
+        null,
+        errorResponse(p.opcode, p.opaque, Status.UNKNOWN_COMMAND),
+      );
+    }
+    this.parsed = null;
+    this.parser.push(text);
+    const req = this.parsed as Request | null;
+    if (req === null) {
+      // Whatever the text parser made of it, it starts afresh for the next one.
+      this.parser = this.textParser();
+      return new ProtocolError(
+        '',
+        false,
+        false,
+        null,
+        errorResponse(p.opcode, p.opaque, Status.EINVAL),
+      );
+    }
+    req.binary = {
+      opcode: p.opcode,
+      command: p.command,
+      quiet: p.quiet,
+      opaque: p.opaque,
+      key: Buffer.from(p.key),
+    };
+    return req;
+  }
+
+  /** The text command that means what `p` means, or null for one msproxy does not run. */
+  private text(p: BinaryPacket): Buffer | null {
+    const cas = p.cas !== 0n ? ` C${p.cas}` : '';
+    switch (p.command) {
+      case Op.GET:
+      case Op.GETK:
+        if (printable(p.key)) return line(`gets ${p.key.toString('latin1')}`);
+        return line(`mg ${metaKeyToken(p.key)} v f c`);
+      case Op.GAT:
+      case Op.GATK:
+        return line(`mg ${metaKeyToken(p.key)} T${ttl(p.extras.readUInt32BE(0))} v f c`);
+      case Op.TOUCH:
+        return line(`mg ${metaKeyToken(p.key)} T${ttl(p.extras.readUInt32BE(0))} f c`);
+      case Op.SET:
+      case Op.ADD:
+      case Op.REPLACE: {
+        const flags = p.extras.readUInt32BE(0);
+        const exp = ttl(p.extras.readUInt32BE(4));
+        // memcached stores any update with a cas as a cas (add and replace too).
+        const mode =
+          cas !== '' ? '' : p.command === Op.ADD ? ' ME' : p.command === Op.REPLACE ? ' MR' : '';
+        return store(
+          `ms ${keyToken(p.key)} ${p.value.length}${keyFlag(p.key)} F${flags} T${exp}${mode}${cas} c`,
+          p.value,
+        );
+      }
+      case Op.APPEND:
+      case Op.PREPEND: {
+        const mode = p.command === Op.APPEND ? 'MA' : 'MP';
+        return store(
+          `ms ${keyToken(p.key)} ${p.value.length}${keyFlag(p.key)} ${mode}${cas} c`,
+          p.value,
+        );
+      }
+      case Op.DELETE:
+        return line(`md ${metaKeyToken(p.key)}${cas}`);
+      case Op.INCREMENT:
+      case Op.DECREMENT: {
+        const delta = p.extras.readBigUInt64BE(0);
+        const initial = p.extras.readBigUInt64BE(8);
+        const exp = p.extras.readUInt32BE(16);
+        const vivify = exp === NO_VIVIFY ? '' : ` N${ttl(exp)} J${initial}`;
+        const mode = p.command === Op.DECREMENT ? ' MD' : '';
+        return line(`ma ${metaKeyToken(p.key)}${vivify} D${delta}${mode}${cas} v c`);
+      }
+      case Op.FLUSH: {
+        const delay = p.extras.length === 4 ? p.extras.readUInt32BE(0) : 0;
+        return line(delay > 0 ? `flush_all ${delay}` : 'flush_all');
+      }
+      case Op.NOOP:
+        return line('mn');
+      case Op.VERSION:
+        return line('version');
+      case Op.QUIT:
+        return line('quit');
+      case Op.STAT:
+        return line('stats');
+      default:
+        return null;
+    }
+  }
+}
+
+function line(text: string): Buffer {
+  return Buffer.from(text + '\r\n', 'latin1');
+}
+
+function store(head: string, value: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(head.length + 2 + value.length + 2);
+  let at = out.write(head, 0, 'latin1');
+  at += out.write('\r\n', at, 'latin1');
+  at += value.copy(out, at);
+  out.write('\r\n', at, 'latin1');
+  return out;
+}
+
+// ------------------------------------------------------------------ replies
+
+/** The text reply as one buffer (it is small, or one piece, almost always). */
+function flat(out: Out): Buffer {
+  if (out === null) return EMPTY;
+  return Buffer.isBuffer(out) ? out : Buffer.concat(out);
+}
+
+/** Flag values of a meta reply line after its status (and size, for VA). */
+function metaFlags(lineText: string): Map<string, string> {
+  const parts = lineText.split(' ');
+  const out = new Map<string, string>();
+  for (let i = parts[0] === 'VA' ? 2 : 1; i < parts.length; i++) {
+    const t = parts[i]!;
+    if (t.length > 0) out.set(t[0]!, t.slice(1));
+  }
+  return out;
+}
+
+function flagsExtra(flags: number): Buffer {
+  const b = Buffer.allocUnsafe(4);
+  b.writeUInt32BE(flags >>> 0, 0);
+  return b;
+}
+
+/**
+ * The binary response for a request that came in binary, from the text
+ * reply its route produced (null: nothing to send).
+ */
+export function binaryReply(o: BinaryOrigin, out: Out): Buffer | null {
+  const buf = flat(out);
+  const eol = buf.indexOf('\r\n');
+  const first = buf.toString('latin1', 0, eol < 0 ? buf.length : eol);
+  const head = { opcode: o.opcode, status: Status.OK, opaque: o.opaque };
+  const fail = (status: number, text?: string): Buffer =>
+    errorResponse(o.opcode, o.opaque, status, text);
+  const err = errorStatus(first);
+  if (err !== null) return fail(err.status, err.text);
+  switch (o.command) {
+    case Op.GET:
+    case Op.GETK:
+    case Op.GAT:
+    case Op.GATK:
+    case Op.TOUCH: {
+      const withKey = o.command === Op.GETK || o.command === Op.GATK;
+      let hit: { flags: number; cas: bigint; value: Buffer } | null = null;
+      if (first.startsWith('VALUE ')) {
+        // VALUE <key> <flags> <bytes> <cas>
+        const parts = first.split(' ');
+        const bytes = Number(parts[3]);
+        hit = {
+          flags: Number(parts[2]),
+          cas: BigInt(parts[4] ?? '0'),
+          value: buf.subarray(eol + 2, eol + 2 + bytes),
+        };
+      } else if (first.startsWith('VA ') || first.startsWith('HD')) {
+        const f = metaFlags(first);
+        const bytes = first.startsWith('VA ') ? Number(first.split(' ')[1]) : 0;
+        hit = {
+          flags: Number(f.get('f') ?? '0'),
+          cas: BigInt(f.get('c') ?? '0'),
+          value: buf.subarray(eol + 2, eol + 2 + bytes),
+        };
+      }
+      if (hit === null) {
+        if (o.quiet) return null;
+        // getk's miss carries the key; get's is memcached's "Not found".
+        if (withKey) return response({ ...head, status: Status.KEY_ENOENT }, null, o.key);
+        return fail(Status.KEY_ENOENT);
+      }
+      return response(
+        { ...head, cas: hit.cas },
+        flagsExtra(hit.flags),
+        withKey ? o.key : null,
+        o.command === Op.TOUCH ? null : hit.value,
+      );
+    }
+    case Op.SET:
+    case Op.ADD:
+    case Op.REPLACE:
+    case Op.APPEND:
+    case Op.PREPEND: {
+      if (first.startsWith('HD')) {
+        if (o.quiet) return null;
+        return response({ ...head, cas: BigInt(metaFlags(first).get('c') ?? '0') });
+      }
+      if (first.startsWith('EX')) return fail(Status.KEY_EEXISTS);
+      if (first.startsWith('NF')) return fail(Status.KEY_ENOENT);
+      // NS: what memcached's binary store answers for a store that did not happen.
+      if (o.command === Op.ADD) return fail(Status.KEY_EEXISTS);
+      if (o.command === Op.REPLACE) return fail(Status.KEY_ENOENT);
+      return fail(Status.NOT_STORED);
+    }
+    case Op.DELETE:
+      if (first.startsWith('HD')) return o.quiet ? null : response(head);
+      if (first.startsWith('EX')) return fail(Status.KEY_EEXISTS);
+      return fail(Status.KEY_ENOENT);
+    case Op.INCREMENT:
+    case Op.DECREMENT: {
+      if (first.startsWith('VA ')) {
+        if (o.quiet) return null;
+        const bytes = Number(first.split(' ')[1]);
+        const value = Buffer.allocUnsafe(8);
+        value.writeBigUInt64BE(BigInt(buf.toString('latin1', eol + 2, eol + 2 + bytes)), 0);
+        return response(
+          { ...head, cas: BigInt(metaFlags(first).get('c') ?? '0') },
+          null,
+          null,
+          value,
+        );
+      }
+      if (first.startsWith('EX')) return fail(Status.KEY_EEXISTS);
+      if (first.startsWith('NS')) return fail(Status.NOT_STORED);
+      return fail(Status.KEY_ENOENT);
+    }
+    case Op.FLUSH:
+    case Op.NOOP:
+    case Op.QUIT:
+      return o.quiet ? null : response(head);
+    case Op.VERSION:
+      return response(head, null, null, Buffer.from(first.slice('VERSION '.length), 'latin1'));
+    default:
+      return fail(Status.UNKNOWN_COMMAND);
+  }
+}
+
+/**
+ * An error line as a binary status and body text, or null for a reply that
+ * is not an error.
+ */
+function errorStatus(first: string): { status: number; text?: string } | null {
+  if (first === 'ERROR') return { status: Status.UNKNOWN_COMMAND };
+  if (first.startsWith('CLIENT_ERROR ')) {
+    if (first.includes('non-numeric')) return { status: Status.DELTA_BADVAL };
+    return { status: Status.EINVAL };
+  }
+  if (first.startsWith('SERVER_ERROR ')) {
+    const text = first.slice('SERVER_ERROR '.length);
+    if (text === 'object too large for cache') return { status: Status.E2BIG };
+    if (text.startsWith('out of memory')) return { status: Status.ENOMEM };
+    // No replica could answer, or one failed mid-command: try again later.
+    return { status: Status.ETMPFAIL, text };
+  }
+  return null;
+}
+
+/**
+ * `stats` as binary stat packets: one per STAT line, then an empty one. A
+ * group key is answered as memcached answers it (its own stats are per node,
+ * so msproxy's are empty).
+ */
+export function binaryStats(o: BinaryOrigin, out: Out): Buffer {
+  const head = { opcode: o.opcode, status: Status.OK, opaque: o.opaque };
+  const end = response(head);
+  const group = o.key.toString('latin1');
+  if (group.length > 0) {
+    const known =
+      group.startsWith('reset') ||
+      group.startsWith('settings') ||
+      group === 'detail on' ||
+      group === 'detail off' ||
+      group === 'detail dump' ||
+      ['items', 'slabs', 'sizes', 'sizes_enable', 'sizes_disable'].includes(group);
+    return known ? end : errorResponse(o.opcode, o.opaque, Status.KEY_ENOENT);
+  }
+  const packets: Buffer[] = [];
+  for (const l of flat(out).toString('latin1').split('\r\n')) {
+    if (!l.startsWith('STAT ')) continue;
+    const sp = l.indexOf(' ', 5);
+    const name = l.slice(5, sp < 0 ? l.length : sp);
+    const value = sp < 0 ? '' : l.slice(sp + 1);
+    packets.push(response(head, null, Buffer.from(name, 'latin1'), Buffer.from(value, 'latin1')));
+  }
+  packets.push(end);
+  return Buffer.concat(packets);
+}

@@ -11,6 +11,10 @@
  *   loadgen --port P [--host H] [--conns 100] [--depth 1] [--mget 1]
  *           [--get-ratio 0.9] [--keys 100000] [--min 1024] [--max 4096]
  *           [--seconds 5] [--rate 0] [--preload] [--seed 1] [--prefix b:]
+ *           [--binary]
+ *
+ * --binary speaks memcached's binary protocol (GET and SET packets; --mget 1
+ * only): the same mix and checks, answered by status and body.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -45,7 +49,7 @@ typedef struct {
 static const char *host = "127.0.0.1";
 static int port = 0, nconns = 100, depth = 1, mget = 1, nkeys = 100000, vmin = 1024, vmax = 4096;
 static double get_ratio = 0.9, seconds = 5, rate = 0;
-static int preload = 0;
+static int preload = 0, binary = 0;
 static unsigned long long seed = 1;
 static const char *prefix = "b:";
 static uint64_t requests = 0, errors = 0, badvals = 0, hits = 0;
@@ -97,9 +101,34 @@ static void put(conn_t *c, const char *s, size_t n) {
   c->out_len += n;
 }
 
+/* A binary request header: opcode, key and extras lengths, body length (big-endian). */
+static void put_bin_header(conn_t *c, int op, int klen, int elen, uint32_t blen) {
+  unsigned char h[24] = {0};
+  h[0] = 0x80;
+  h[1] = (unsigned char)op;
+  h[2] = (unsigned char)(klen >> 8);
+  h[3] = (unsigned char)klen;
+  h[4] = (unsigned char)elen;
+  h[8] = (unsigned char)(blen >> 24);
+  h[9] = (unsigned char)(blen >> 16);
+  h[10] = (unsigned char)(blen >> 8);
+  h[11] = (unsigned char)blen;
+  put(c, (const char *)h, 24);
+}
+
 static void push_set(conn_t *c, int k) {
   char line[128];
   int len = vlen(k);
+  if (binary) {
+    int kl = snprintf(line, sizeof line, "%s%d", prefix, k);
+    put_bin_header(c, 0x01, kl, 8, (uint32_t)(8 + kl + len));
+    put(c, "\0\0\0\0\0\0\0\0", 8); /* flags, expiration */
+    put(c, line, (size_t)kl);
+    reserve(&c->out, &c->out_cap, c->out_len + (size_t)len);
+    for (int i = 0; i < len; i++) c->out[c->out_len + i] = vbyte(k, i);
+    c->out_len += (size_t)len;
+    return;
+  }
   int n = snprintf(line, sizeof line, "set %s%d 0 0 %d\r\n", prefix, k, len);
   put(c, line, (size_t)n);
   reserve(&c->out, &c->out_cap, c->out_len + (size_t)len + 2);
@@ -119,7 +148,16 @@ static void enqueue(conn_t *c, int kind, int n) {
 static void issue(conn_t *c) {
   for (int d = 0; d < depth; d++) {
     int at = (c->head + c->count) % c->cap;
-    if ((double)(rng() % 10000) / 10000.0 < get_ratio) {
+    int is_get = (double)(rng() % 10000) / 10000.0 < get_ratio;
+    if (is_get && binary) {
+      int k = (int)(rng() % (uint64_t)nkeys);
+      c->keyidx[at * mget] = k;
+      char key[64];
+      int kl = snprintf(key, sizeof key, "%s%d", prefix, k);
+      put_bin_header(c, 0x00, kl, 0, (uint32_t)kl);
+      put(c, key, (size_t)kl);
+      enqueue(c, 1, 1);
+    } else if (is_get) {
       put(c, "get", 3);
       for (int j = 0; j < mget; j++) {
         int k = (int)(rng() % (uint64_t)nkeys);
@@ -158,8 +196,42 @@ static int check_value(int k, const char *data, int len) {
   return 1;
 }
 
+/* Parse complete binary responses in c->in; returns the number of requests completed. */
+static int parse_binary(conn_t *c) {
+  int done = 0;
+  size_t off = 0;
+  while (c->count > 0 && c->in_len - off >= 24) {
+    const unsigned char *p = (const unsigned char *)c->in + off;
+    uint32_t blen = ((uint32_t)p[8] << 24) | ((uint32_t)p[9] << 16) | ((uint32_t)p[10] << 8) | p[11];
+    if (c->in_len - off < 24 + (size_t)blen) break;
+    int status = (p[6] << 8) | p[7];
+    int elen = p[4];
+    int slot = c->head;
+    if (p[0] != 0x81) errors++;
+    else if (c->kinds[slot] == 0) {
+      if (status != 0) errors++;
+    } else if (status == 0) {
+      int k = c->keyidx[slot * mget];
+      if (!check_value(k, (const char *)p + 24 + elen, (int)blen - elen)) badvals++;
+      hits++;
+    } else if (status != 1) {
+      errors++; /* a miss (status 1) is not an error */
+    }
+    off += 24 + (size_t)blen;
+    c->head = (c->head + 1) % c->cap;
+    c->count--;
+    done++;
+  }
+  if (off > 0) {
+    memmove(c->in, c->in + off, c->in_len - off);
+    c->in_len -= off;
+  }
+  return done;
+}
+
 /* Parse complete replies in c->in; returns the number of requests completed. */
 static int parse(conn_t *c) {
+  if (binary) return parse_binary(c);
   int done = 0;
   size_t off = 0;
   while (c->count > 0) {
@@ -272,12 +344,14 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10), i++;
     else if (!strcmp(a, "--prefix")) prefix = v, i++;
     else if (!strcmp(a, "--preload")) preload = 1;
+    else if (!strcmp(a, "--binary")) binary = 1;
     else {
       fprintf(stderr, "unknown argument %s\n", a);
       return 2;
     }
   }
-  if (port <= 0 || nconns <= 0 || depth <= 0 || mget <= 0 || nkeys <= 0 || vmin > vmax) {
+  if (port <= 0 || nconns <= 0 || depth <= 0 || mget <= 0 || nkeys <= 0 || vmin > vmax ||
+      (binary && mget != 1)) {
     fprintf(stderr, "bad arguments\n");
     return 2;
   }

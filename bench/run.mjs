@@ -20,6 +20,11 @@
  * the primary and the workers); --unpinned runs everything without taskset,
  * so the workers (and everything else) can use every core.
  *
+ *   npm run bench -- --workloads get90,bget90
+ *
+ * bget90 is get90 over the binary protocol; twemproxy, which speaks only
+ * text to clients, sits it out.
+ *
  *   npm run bench -- --baseline ../msproxy-before
  *
  * adds another checkout's msproxy (built there, in front of the same nodes)
@@ -55,7 +60,10 @@ const WORKLOAD_ARGS = {
   mget10: ['--get-ratio', '1', '--mget', '10'],
   pipe10: ['--get-ratio', '0.9', '--depth', '10'],
   set100: ['--get-ratio', '0'],
+  // get90 over the binary protocol (twemproxy does not speak it to clients).
+  bget90: ['--get-ratio', '0.9', '--binary'],
 };
+const BINARY_WORKLOADS = new Set(['bget90']);
 
 const children = new Set();
 function cleanup() {
@@ -357,11 +365,14 @@ async function main() {
       ...extra,
     ]);
 
+  /** The targets that run workload `w` (twemproxy speaks no binary to clients). */
+  const runs = (w) => targets.filter((t) => !(BINARY_WORKLOADS.has(w) && t.name === 'twemproxy'));
   const results = {};
   for (const w of WORKLOADS) {
-    results[w] = Object.fromEntries(targets.map((t) => [t.name, []]));
+    const ts = runs(w);
+    results[w] = Object.fromEntries(ts.map((t) => [t.name, []]));
     for (let r = 0; r < ROUNDS; r++) {
-      const order = targets.map((_, i) => targets[(i + r) % targets.length]);
+      const order = ts.map((_, i) => ts[(i + r) % ts.length]);
       for (const t of order) {
         const cpu0 = treeCpu(t.pid);
         const res = await drive(t, ['--seed', String(r + 1), ...WORKLOAD_ARGS[w]]);
@@ -381,7 +392,7 @@ async function main() {
   lines.push(`|---|---|---|---|---|---|---|---|${has('baseline') ? '---|' : ''}`);
   for (const w of WORKLOADS) {
     const med = {};
-    for (const t of targets) {
+    for (const t of runs(w)) {
       const rs = results[w][t.name];
       med[t.name] = {
         rps: median(rs.map((x) => x.rps)),
@@ -391,9 +402,9 @@ async function main() {
         bad: rs.reduce((a, x) => a + x.errors + x.bad_values, 0),
       };
     }
-    for (const t of targets) {
+    for (const t of runs(w)) {
       const m = med[t.name];
-      const vsT = has('twemproxy') ? (m.rps / med.twemproxy.rps).toFixed(2) + '×' : 'n/a';
+      const vsT = med.twemproxy ? (m.rps / med.twemproxy.rps).toFixed(2) + '×' : 'n/a';
       const vsD = (m.rps / med.direct.rps).toFixed(2) + '×';
       const vsB = has('baseline') ? ` ${(m.rps / med.baseline.rps).toFixed(3)}× |` : '';
       lines.push(
@@ -402,6 +413,12 @@ async function main() {
     }
   }
   console.log(lines.join('\n'));
+  if (results.get90 && results.bget90) {
+    const rps = (w) => median(results[w].msproxy.map((x) => x.rps));
+    console.log(
+      `\nmsproxy bget90 / get90 (binary vs text, same run): ${(rps('bget90') / rps('get90')).toFixed(2)}×`,
+    );
+  }
 
   // p50 added over direct at a fixed 30k req/s (get90).
   const fixed = {};

@@ -14,9 +14,9 @@
  */
 
 import { encodeKey } from './base64.js';
-import { type BinaryPacket, Op, Status, errorResponse, response } from './binary.js';
+import { type BinaryPacket, Op, Status, errorResponse, response, responseParts } from './binary.js';
 import { RequestParser } from './request-parser.js';
-import { type BinaryOrigin, ProtocolError, type Request } from './request.js';
+import { type BinaryOrigin, ProtocolError, Request } from './request.js';
 
 type Out = Buffer | Buffer[] | null;
 
@@ -85,6 +85,7 @@ export class BinaryCommands {
    * buffers may be views: what the Request keeps is copied here.
    */
   request(p: BinaryPacket): Request | ProtocolError {
+    if ((p.command === Op.GET || p.command === Op.GETK) && printable(p.key)) return this.gets(p);
     const text = this.text(p);
     if (text === null) {
       return new ProtocolError(
@@ -109,13 +110,24 @@ export class BinaryCommands {
         errorResponse(p.opcode, p.opaque, Status.EINVAL),
       );
     }
-    req.binary = {
-      opcode: p.opcode,
-      command: p.command,
-      quiet: p.quiet,
-      opaque: p.opaque,
-      key: Buffer.from(p.key),
-    };
+    req.binary = origin(p);
+    return req;
+  }
+
+  /**
+   * A get of a printable key, the session read: `gets <key>` built directly
+   * (what the text parser would make of it: its key and its bytes).
+   */
+  private gets(p: BinaryPacket): Request {
+    const k = p.key;
+    const raw = Buffer.allocUnsafe(k.length + 7);
+    raw.write('gets ', 0, 'latin1');
+    k.copy(raw, 5);
+    raw[raw.length - 2] = 0x0d;
+    raw[raw.length - 1] = 0x0a;
+    const req = new Request('gets', raw, raw.length);
+    req.keys.push(raw.subarray(5, 5 + k.length));
+    req.binary = origin(p);
     return req;
   }
 
@@ -182,6 +194,19 @@ export class BinaryCommands {
   }
 }
 
+function origin(p: BinaryPacket): BinaryOrigin {
+  // Only getk, gatk and stat answer with their key: the others need no copy of it.
+  const c = p.command;
+  const keep = c === Op.GETK || c === Op.GATK || c === Op.STAT;
+  return {
+    opcode: p.opcode,
+    command: c,
+    quiet: p.quiet,
+    opaque: p.opaque,
+    key: keep ? Buffer.from(p.key) : EMPTY,
+  };
+}
+
 function line(text: string): Buffer {
   return Buffer.from(text + '\r\n', 'latin1');
 }
@@ -224,7 +249,18 @@ function flagsExtra(flags: number): Buffer {
  * The binary response for a request that came in binary, from the text
  * reply its route produced (null: nothing to send).
  */
-export function binaryReply(o: BinaryOrigin, out: Out): Buffer | null {
+export function binaryReply(o: BinaryOrigin, out: Out): Out {
+  if (o.command === Op.GET || o.command === Op.GETK) {
+    const hit = valueHit(out);
+    if (hit !== null) {
+      return responseParts(
+        { opcode: o.opcode, status: Status.OK, opaque: o.opaque, cas: hit.cas },
+        flagsExtra(hit.flags),
+        o.command === Op.GETK ? o.key : null,
+        hit.value,
+      );
+    }
+  }
   const buf = flat(out);
   const eol = buf.indexOf('\r\n');
   const first = buf.toString('latin1', 0, eol < 0 ? buf.length : eol);
@@ -319,6 +355,38 @@ export function binaryReply(o: BinaryOrigin, out: Out): Buffer | null {
     default:
       return fail(Status.UNKNOWN_COMMAND);
   }
+}
+
+/**
+ * A get's hit as the text reply carries it (`VALUE <key> <flags> <bytes>
+ * [<cas>]`, its data, END), read in place: the session read's fast path.
+ * Null for anything else (a miss, an error, an mg reply).
+ */
+function valueHit(out: Out): { flags: number; cas: bigint; value: Buffer } | null {
+  if (out === null) return null;
+  const first = Buffer.isBuffer(out) ? out : out[0]!;
+  if (
+    first.length < 6 ||
+    first[0] !== 0x56 /* V */ ||
+    first.toString('latin1', 0, 6) !== 'VALUE '
+  ) {
+    return null;
+  }
+  const eol = first.indexOf(0x0d, 6);
+  if (eol < 0) return null;
+  const keyEnd = first.indexOf(0x20, 6);
+  const flagsEnd = first.indexOf(0x20, keyEnd + 1);
+  let bytesEnd = first.indexOf(0x20, flagsEnd + 1);
+  if (bytesEnd < 0 || bytesEnd > eol) bytesEnd = eol;
+  const flags = Number(first.toString('latin1', keyEnd + 1, flagsEnd));
+  const bytes = Number(first.toString('latin1', flagsEnd + 1, bytesEnd));
+  const cas = bytesEnd < eol ? BigInt(first.toString('latin1', bytesEnd + 1, eol)) : 0n;
+  const at = eol + 2;
+  let value: Buffer | null = null;
+  if (first.length >= at + bytes) value = first.subarray(at, at + bytes);
+  else if (!Buffer.isBuffer(out) && out.length > 1) value = out[1]!.subarray(0, bytes);
+  if (value === null || value.length !== bytes) return null;
+  return { flags, cas, value };
 }
 
 /**

@@ -180,6 +180,21 @@ export function response(
   return out;
 }
 
+/**
+ * A response as two pieces: header, extras and key in one buffer, and the
+ * value as it is (a view is not copied).
+ */
+export function responseParts(
+  head: ResponseHead,
+  extras: Buffer | null,
+  key: Buffer | null,
+  value: Buffer,
+): Buffer[] {
+  const front = response(head, extras, key);
+  front.writeUInt32BE(front.length - HEADER_LENGTH + value.length, 8);
+  return [front, value];
+}
+
 /** An error response with memcached's text for `status` (or `text`) as its body. */
 export function errorResponse(
   opcode: number,

@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { isIPv6 } from 'node:net';
 import { z } from 'zod';
+import { Users, UsersFileError } from './auth.js';
 import { hashedLabel } from './routing/ring.js';
 
 const HOST_PORT = /^(.+):(\d{1,5})$/;
@@ -119,6 +120,11 @@ export const configSchema = z
         itemSizeMax: 1024 * 1024,
         maxMultigetLine: 1024 * 1024,
       }),
+    /**
+     * Client authentication, off when absent: binary clients use SASL PLAIN, text clients
+     * memcached's text auth, with the users of `usersFile` (memcached's -Y format).
+     */
+    auth: z.strictObject({ usersFile: z.string().min(1) }).optional(),
     log: z
       .strictObject({
         level: z
@@ -218,7 +224,10 @@ function canonicalHost(raw: string): string {
   return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
 }
 
-export type Config = z.output<typeof configSchema>;
+export type Config = z.output<typeof configSchema> & {
+  /** The users of auth.usersFile, loaded with the config; null without auth. */
+  users: Users | null;
+};
 export type NodeConfig = Config['nodes'][number];
 
 /**
@@ -240,7 +249,7 @@ export class ConfigError extends Error {
 /** Validate a parsed JSON value; errors read "config: <field>: <reason>". */
 export function parseConfig(value: unknown): Config {
   const r = configSchema.safeParse(value);
-  if (r.success) return r.data;
+  if (r.success) return { ...r.data, users: loadUsers(r.data.auth?.usersFile) };
   const lines = r.error.issues.map((i) => {
     const path = i.path.length
       ? i.path
@@ -251,6 +260,24 @@ export function parseConfig(value: unknown): Config {
     return `config: ${path}: ${i.message}`;
   });
   throw new ConfigError(lines.join('\n'));
+}
+
+/** The users file, read and checked now, so a bad one is a config error naming file and line. */
+function loadUsers(file: string | undefined): Users | null {
+  if (file === undefined) return null;
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`config: auth.usersFile: cannot read ${file}: ${(err as Error).message}`);
+  }
+  try {
+    return Users.parse(text);
+  } catch (err) {
+    if (!(err instanceof UsersFileError)) throw err;
+    const where = err.line > 0 ? `${file}:${err.line}` : file;
+    throw new ConfigError(`config: auth.usersFile: ${where}: ${err.message}`);
+  }
 }
 
 export function loadConfig(file: string): Config {

@@ -16,6 +16,9 @@ export class Stats {
   getHits = 0;
   getMisses = 0;
   clientErrors = 0;
+  /** Authentication attempts (SASL auth and step, text auth), and those that failed. */
+  authCmds = 0;
+  authErrors = 0;
   /** Connections that spoke memcached's binary protocol. */
   binaryConnections = 0;
   /** Reads answered by a replica other than the primary. */

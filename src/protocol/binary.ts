@@ -135,7 +135,21 @@ export interface BinaryParserOptions {
   itemSizeMax?: number;
   /** Whether SASL is on (off: memcached answers its opcodes as unknown). */
   sasl?: boolean;
+  /**
+   * With SASL on, whether the connection has authenticated; until then only
+   * the SASL opcodes and version are read, anything else is refused (and the
+   * connection closed), as memcached does.
+   */
+  authenticated?: () => boolean;
 }
+
+/** What memcached answers before a connection has authenticated. */
+const OPEN_BEFORE_AUTH = new Set<number>([
+  Op.SASL_LIST_MECHS,
+  Op.SASL_AUTH,
+  Op.SASL_STEP,
+  Op.VERSION,
+]);
 
 /** memcached's item header and cas field: what counts against -I besides key and value. */
 const ITEM_OVERHEAD = 48 + 8;
@@ -225,6 +239,7 @@ export class BinaryParser {
   private readonly sink: BinarySink;
   private readonly itemSizeMax: number;
   private readonly sasl: boolean;
+  private readonly authenticated: () => boolean;
   private state = ST_HEADER;
   /** Bytes of an unfinished header (plus extras and key), or of a value. */
   private parts: Buffer[] = [];
@@ -240,6 +255,7 @@ export class BinaryParser {
     this.sink = sink;
     this.itemSizeMax = options.itemSizeMax ?? 1024 * 1024;
     this.sasl = options.sasl ?? false;
+    this.authenticated = options.authenticated ?? (() => true);
   }
 
   /** True once the stream is given up (memcached closes the connection). */
@@ -374,8 +390,11 @@ export class BinaryParser {
     if (keyLength > bodyLength || keyLength + extLength > bodyLength) {
       return fail(Status.UNKNOWN_COMMAND, true);
     }
-    if (keyLength > KEY_MAX) return fail(Status.EINVAL, true);
     const command = QUIET_OF[opcode] ?? opcode;
+    if (this.sasl && !this.authenticated() && !OPEN_BEFORE_AUTH.has(command)) {
+      return fail(Status.AUTH_ERROR, true);
+    }
+    if (keyLength > KEY_MAX) return fail(Status.EINVAL, true);
     const packet: BinaryPacket = {
       opcode,
       command,

@@ -66,6 +66,8 @@ export function statsReply(ctx: RouteContext, req: Request, id: StatsIdentity): 
     ['cmd_flush', s.cmdFlush],
     ['get_hits', s.getHits],
     ['get_misses', s.getMisses],
+    ['auth_cmds', s.authCmds],
+    ['auth_errors', s.authErrors],
     ['proxy_version', id.proxyVersion],
     ['proxy_worker', id.worker ?? 0],
     ['proxy_workers', id.workers ?? 1],

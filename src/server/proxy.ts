@@ -113,6 +113,7 @@ export class Proxy {
       itemSizeMax: this.config.limits.itemSizeMax,
       maxMultigetLine: this.config.limits.maxMultigetLine,
       log: this.log,
+      users: this.config.users,
     });
     this.sessions.set(socket, session);
   }

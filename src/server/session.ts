@@ -22,7 +22,16 @@ import type net from 'node:net';
 import type { Logger } from 'pino';
 import { type Out, type Router, unlinkRequest } from '../routing/router.js';
 import { readRaw } from '../net/raw-read.js';
-import { BinaryParser, Op, REQUEST_MAGIC, response } from '../protocol/binary.js';
+import type { Users } from '../auth.js';
+import {
+  type BinaryPacket,
+  BinaryParser,
+  Op,
+  REQUEST_MAGIC,
+  Status,
+  errorResponse,
+  response,
+} from '../protocol/binary.js';
 import { BinaryCommands, binaryReply, binaryStats } from '../protocol/binary-command.js';
 import { RequestParser } from '../protocol/request-parser.js';
 import { ProtocolError, type Request } from '../protocol/request.js';
@@ -33,9 +42,16 @@ export interface SessionOptions {
   maxInflight: number;
   itemSizeMax: number;
   maxMultigetLine: number;
-  /** Where a session logs what an operator should see (a binary-protocol client). */
+  /** Where a session logs what an operator should see (a failed authentication). */
   log: Logger;
+  /** With auth on, the users a client must authenticate as (SASL PLAIN, or text auth). */
+  users: Users | null;
 }
+
+const UNAUTHENTICATED = Buffer.from('CLIENT_ERROR unauthenticated\r\n');
+const AUTH_FAILURE = Buffer.from('CLIENT_ERROR authentication failure\r\n');
+const AUTH_FORMAT = Buffer.from('CLIENT_ERROR bad authentication token format\r\n');
+const STORED = Buffer.from('STORED\r\n');
 
 /** Ready replies up to this many bytes (Buffer's pool size) are copied into one buffer (see flush). */
 const GATHER_MAX = 4096;
@@ -61,6 +77,9 @@ class Slot {
   close = false;
   next: Slot | null = null;
 }
+
+const PLAIN = Buffer.from('PLAIN');
+const AUTHENTICATED = Buffer.from('Authenticated');
 
 /** What a session asks of its protocol's parser (text or binary). */
 interface Parser {
@@ -113,12 +132,15 @@ export class ClientSession {
   private held: (Request | Slot)[] = [];
   /** No byte read yet: the first one decides the protocol. */
   private sniffing = true;
+  /** Whether the client may run commands (always, without auth). */
+  private authenticated: boolean;
 
   constructor(socket: net.Socket, router: Router, stats: Stats, options: SessionOptions) {
     this.socket = socket;
     this.router = router;
     this.stats = stats;
     this.options = options;
+    this.authenticated = options.users === null;
     this.maxInflight = options.maxInflight;
     this.parser = new RequestParser(
       {
@@ -160,14 +182,63 @@ export class ClientSession {
     this.parser = new BinaryParser(
       {
         onPacket: (p) => {
+          if (p.command >= Op.SASL_LIST_MECHS && p.command <= Op.SASL_STEP) {
+            return this.fill(this.reserve(), this.sasl(p));
+          }
           const req = commands.request(p);
           if (req instanceof ProtocolError) this.onProtocolError(req);
           else this.onRequest(req);
         },
         onError: (err) => this.onProtocolError(err),
       },
-      { itemSizeMax: this.options.itemSizeMax },
+      {
+        itemSizeMax: this.options.itemSizeMax,
+        sasl: this.options.users !== null,
+        authenticated: () => this.authenticated,
+      },
     );
+  }
+
+  /** A SASL request: PLAIN is the one mechanism (what memcached's PLAIN-only setups offer). */
+  private sasl(p: BinaryPacket): Buffer {
+    const head = { opcode: p.opcode, status: Status.OK, opaque: p.opaque };
+    if (p.command === Op.SASL_LIST_MECHS) return response(head, null, null, PLAIN);
+    this.stats.authCmds++;
+    // PLAIN's message: [authzid] NUL authcid NUL password.
+    const parts = p.value.toString('utf8').split('\0');
+    const ok =
+      p.command === Op.SASL_AUTH &&
+      p.key.equals(PLAIN) &&
+      parts.length === 3 &&
+      this.options.users!.check(parts[1]!, parts[2]!);
+    if (!ok) return this.authFailed('binary', errorResponse(p.opcode, p.opaque, Status.AUTH_ERROR));
+    this.authenticated = true;
+    return response(head, null, null, AUTHENTICATED);
+  }
+
+  /**
+   * A text command before authentication: memcached's text auth takes a
+   * `set` whose data is `<user> <password>`; anything else is refused.
+   */
+  private textAuth(req: Request): Buffer {
+    if (req.cmd !== 'set') return UNAUTHENTICATED;
+    this.stats.authCmds++;
+    const tokens = req.value.toString('utf8').split(' ');
+    if (tokens.length < 2) return this.authFailed('text', AUTH_FORMAT);
+    if (!this.options.users!.check(tokens[0]!, tokens[1]!))
+      return this.authFailed('text', AUTH_FAILURE);
+    this.authenticated = true;
+    return STORED;
+  }
+
+  private authFailed(protocol: string, reply: Buffer): Buffer {
+    this.stats.authErrors++;
+    // Who tried, never with what.
+    this.options.log.warn(
+      { remoteAddress: this.socket.remoteAddress, remotePort: this.socket.remotePort, protocol },
+      'authentication failed',
+    );
+    return reply;
   }
 
   private reserve(): Slot {
@@ -182,6 +253,7 @@ export class ClientSession {
 
   private onRequest(req: Request): void {
     const slot = this.reserve();
+    if (!this.authenticated && req.binary === null) return this.fill(slot, this.textAuth(req));
     if (req.cmd === 'quit') {
       slot.close = true;
       this.closing = true;
@@ -236,6 +308,9 @@ export class ClientSession {
       slot.close = true;
       this.closing = true;
     }
+    // Before text auth, memcached reads no command: whatever it was, it is refused.
+    if (!this.authenticated && err.bytes === null && !err.close)
+      return this.fill(slot, UNAUTHENTICATED);
     const reply = err.silent ? null : err.reply;
     if (err.unlink === null) return this.fill(slot, reply);
     // memcached drops the old item with this error: delete it on the replicas, then answer.

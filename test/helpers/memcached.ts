@@ -163,7 +163,9 @@ function answersVersion(port: number): Promise<boolean> {
     sock.on('connect', () => sock.write('version\r\n'));
     sock.on('data', (d) => {
       buf += d.toString('latin1');
-      if (buf.includes('\r\n')) done(buf.startsWith('VERSION '));
+      // A memcached started with -Y (text auth) refuses version until a client authenticates.
+      if (buf.includes('\r\n'))
+        done(buf.startsWith('VERSION ') || buf.startsWith('CLIENT_ERROR unauthenticated'));
     });
     sock.on('error', () => done(false));
   });

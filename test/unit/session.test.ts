@@ -62,6 +62,7 @@ async function session(behind: boolean): Promise<FakeSocket> {
     maxInflight: 1000,
     itemSizeMax: 1024 * 1024,
     maxMultigetLine: 64 * 1024,
+    users: null,
     log: pino({ level: 'silent' }),
   });
   return sock;

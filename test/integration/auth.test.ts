@@ -4,11 +4,13 @@
  * checked side by side with a real memcached started with -Y.
  */
 
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
+import memjs from 'memjs';
 import { Op } from '../../src/protocol/binary.js';
 import { exchange, request, setExtras, show } from '../helpers/binary.js';
 import { Memcached } from '../helpers/memcached.js';
@@ -144,5 +146,66 @@ describe('auth: users file on, SASL PLAIN for binary, text auth for text', funct
     const after = await statsOf(before);
     expect(Number(after.get('auth_errors')) - errors0).to.equal(3);
     before.close();
+  });
+
+  it('memjs authenticates with SASL PLAIN; a wrong password gets no data', async function () {
+    const opts = { retries: 0, timeout: 2, logger: { log: () => {} } };
+    const good = memjs.Client.create(`127.0.0.1:${c.port}`, {
+      ...opts,
+      username: 'alice',
+      password: 'wonder land',
+    });
+    const bad = memjs.Client.create(`127.0.0.1:${c.port}`, {
+      ...opts,
+      username: 'alice',
+      password: 'nope',
+    });
+    try {
+      expect(await good.set('memjs-auth', 'yes', {})).to.equal(true);
+      expect((await good.get('memjs-auth')).value?.toString()).to.equal('yes');
+      let refused: unknown = null;
+      try {
+        await bad.get('memjs-auth');
+      } catch (e) {
+        refused = e;
+      }
+      // memjs rejects with its message as a string.
+      expect(String(refused), 'a wrong password must not read').to.match(/authentication failed/i);
+    } finally {
+      good.close();
+      bad.close();
+    }
+  });
+
+  it('pylibmc (binary=True) authenticates with SASL; a wrong password raises', async function () {
+    const python = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+    const script = [
+      'import json, sys, pylibmc',
+      'def client(pw):',
+      '    return pylibmc.Client(["127.0.0.1:" + sys.argv[1]], binary=True, username="bob", password=pw)',
+      'out = {}',
+      'ok = client("builder")',
+      'out["set"] = ok.set("py-auth", "yes")',
+      'out["get"] = ok.get("py-auth")',
+      'try:',
+      '    client("wrong").get("py-auth")',
+      '    out["wrong"] = "no error"',
+      'except pylibmc.Error as e:',
+      '    out["wrong"] = type(e).__name__',
+      'print(json.dumps(out))',
+    ].join('\n');
+    const out = await new Promise<string>((resolve, reject) =>
+      execFile(
+        python,
+        ['-c', script, String(c.port)],
+        { timeout: 20_000 },
+        (err, stdout, stderr) =>
+          err === null ? resolve(stdout) : reject(new Error(`${err.message}\n${stderr}`)),
+      ),
+    );
+    const r = JSON.parse(out.trim().split('\n').pop()!) as Record<string, unknown>;
+    expect(r.set).to.equal(true);
+    expect(r.get).to.equal('yes');
+    expect(r.wrong).to.not.equal('no error');
   });
 });

@@ -22,7 +22,7 @@ import { R, encodeTouch } from '../protocol/encoder.js';
 import type { Request } from '../protocol/request.js';
 import { EXPECT_LINE, EXPECT_VALUES, type Reply } from '../protocol/response-parser.js';
 import { type Item, readItem } from './item.js';
-import { READ } from './key-order.js';
+import { READ, Ticket } from './key-order.js';
 import { keyHash } from './meta.js';
 import { metaMiss, missIsTrue, answered, type ReplyOrErr } from './reply-rules.js';
 import { type Done, type Out, type Route, type RouteContext, metaLine } from './route-context.js';
@@ -53,33 +53,42 @@ export function classicRead(ctx: RouteContext, req: Request, done: Done): void {
  */
 function readOne(ctx: RouteContext, req: Request, done: Done): void {
   const hash = keyHash(req.keys[0]!);
-  ctx.order.run(READ, hash, () => {
-    const key = req.keys[0]!;
-    const route = ctx.trusted(key);
+  // No closure on the uncontended path: this is every session read.
+  if (ctx.order.tryAcquire(READ, hash)) readOneRun(ctx, req, hash, done);
+  else ctx.order.wait(new Ticket(READ, () => readOneRun(ctx, req, hash, done)), [hash]);
+}
+
+function readOneRun(ctx: RouteContext, req: Request, hash: number, done: Done): void {
+  const key = req.keys[0]!;
+  const route = ctx.trusted(key);
+  const node = route[0];
+  if (node === undefined) {
+    ctx.order.release(READ, hash);
+    return done(ctx.unavailable(req));
+  }
+  ctx.nodes[node]!.send(hash, req.raw, EXPECT_VALUES, (err, r) => {
+    if (err !== null) ctx.countError(err);
+    else if (!r!.isError) {
+      const values = r!.values!;
+      const v = values[0];
+      if (v !== undefined && values.length === 1 && v.keyIs(key)) {
+        ctx.stats.getHits++;
+        let out: Out;
+        if (req.cmd === 'gets' && ctx.cas.encoding) {
+          const rewritten = ctx.cas.value(v, node);
+          out = Buffer.isBuffer(rewritten) ? [rewritten, R.END] : [...rewritten, R.END];
+        } else {
+          out = r!.raw.length > 0 ? r!.raw : [v.raw, R.END];
+        }
+        ctx.order.release(READ, hash);
+        return done(out);
+      }
+    }
     const release = (out: Out): void => {
       ctx.order.release(READ, hash);
       done(out);
     };
-    const node = route[0];
-    if (node === undefined) return release(ctx.unavailable(req));
-    ctx.send(node, hash, req.raw, EXPECT_VALUES, (r) => {
-      if (answered(r)) {
-        const values = r.values!;
-        const v = values[0];
-        if (v !== undefined && values.length === 1 && v.keyIs(key)) {
-          ctx.stats.getHits++;
-          let out: Out;
-          if (req.cmd === 'gets' && ctx.cas.encoding) {
-            const rewritten = ctx.cas.value(v, node);
-            out = Buffer.isBuffer(rewritten) ? [rewritten, R.END] : [...rewritten, R.END];
-          } else {
-            out = r.raw.length > 0 ? r.raw : [v.raw, R.END];
-          }
-          return release(out);
-        }
-      }
-      new Read(ctx, req, [hash], release, route).resume(r, node);
-    });
+    new Read(ctx, req, [hash], release, route).resume(err ?? r!, node);
   });
 }
 

@@ -6,6 +6,7 @@
  */
 
 import type { BackendNode } from '../backend/node.js';
+import type { BackendError } from '../errors.js';
 import { serverError } from '../protocol/encoder.js';
 import type { Request } from '../protocol/request.js';
 import {
@@ -105,13 +106,18 @@ export class RouteContext {
   ): void {
     this.nodes[node]!.send(hash, data, expect, (err, reply) => {
       if (err !== null) {
-        if (err.code === 'MSP_BACKEND_TIMEOUT') this.stats.backendTimeouts++;
-        else if (err.code !== 'MSP_NODE_DOWN') this.stats.backendErrors++;
+        this.countError(err);
         cb(err);
       } else {
         cb(reply!);
       }
     });
+  }
+
+  /** Count a transport failure (a node known down is not one). */
+  countError(err: BackendError): void {
+    if (err.code === 'MSP_BACKEND_TIMEOUT') this.stats.backendTimeouts++;
+    else if (err.code !== 'MSP_NODE_DOWN') this.stats.backendErrors++;
   }
 
   /**

@@ -143,9 +143,9 @@ export class Resync {
   }
 
   /**
-   * Copy `keys` to `node` at the configured rate. `incomplete`: a source could
-   * not list its keys, so the node may still lack some. A pass with a
-   * complete listing continues with `next` (given the keys whose copy
+   * Copy `keys` to `node` at the configured rate (see CopyPass). `incomplete`:
+   * a source could not list its keys, so the node may still lack some. A pass
+   * with a complete listing continues with `next` (given the keys whose copy
    * failed) when there is one; otherwise the run ends: `done` if every copy
    * went through, else `failed`, and retried later.
    */
@@ -156,84 +156,55 @@ export class Resync {
     incomplete: boolean,
     next: ((failed: Buffer[]) => void) | null,
   ): void {
+    const pass = new CopyPass(this.core, node, run, keys, (key, cb) => this.refill(node, key, cb));
+    pass.onEnd = (failed) => {
+      if (!incomplete && next !== null) return next(failed);
+      this.finish(
+        node,
+        run,
+        incomplete || failed.length > 0 ? 'failed' : 'done',
+        incomplete,
+        failed,
+      );
+    };
+    pass.onNodeDown = () => this.finish(node, run, 'failed', incomplete, pass.failed);
+    pass.pump();
+  }
+
+  /** The run of `node` numbered `run` ends in `state` (unless a newer run took over). */
+  private finish(
+    node: number,
+    run: number,
+    state: ResyncState,
+    incomplete: boolean,
+    failedKeys: Buffer[],
+  ): void {
     const core = this.core;
     const s = core.state[node]!;
-    const target = core.nodes[node]!;
-    let at = 0;
-    let active = 0;
-    let scheduled = false;
-    // Set once the pass has ended: the rate-limit timer may still call pump() after that.
-    let ended = false;
-    const failedKeys: Buffer[] = [];
-    const started = Date.now();
-    const finish = (state: ResyncState): void => {
-      ended = true;
-      if (s.resyncRun !== run || s.resync !== 'running') return;
-      s.resync = state;
-      const fields = { node: target.label, copied: s.resyncCopied, failed: s.resyncFailed };
-      core.log.info({ ...fields, state, scanned: s.resyncScanned }, 'resync finished');
-      if (s.resyncAgain) {
-        s.resyncAgain = false;
-        return this.run(node);
-      }
-      if (state === 'done') {
-        s.resyncRetryMs = RESYNC_RETRY_MS;
-        s.complete = true;
-        core.gate.complete(node, true);
-        return;
-      }
-      // Only copies failed: the retry copies just those keys. A listing failed: it lists again.
-      // A run that failed only because a node was down runs again when a node comes back
-      // (rejoin), not on a timer; but if that node came back while this run went on, its
-      // rejoin found the run still going, so it runs again now.
-      if (!incomplete && failedKeys.length > 0) s.resyncRetryKeys = failedKeys;
-      if (s.resyncFailed > 0 || core.nodes.every((n) => n.isUp)) this.retry(node, run);
+    if (s.resyncRun !== run || s.resync !== 'running') return;
+    s.resync = state;
+    const fields = {
+      node: core.nodes[node]!.label,
+      copied: s.resyncCopied,
+      failed: s.resyncFailed,
     };
-    // A copy with no source left (its other replicas went down) fails at once, inside refill():
-    // as in replay(), its callback must not start the next copy from within the loop below.
-    let pumping = false;
-    const pump = (): void => {
-      if (pumping || ended || core.closed || s.resyncRun !== run || s.resync !== 'running') return;
-      if (!target.isUp) return finish('failed');
-      // Rate limit: at most resyncRate keys per second since the start (plus one window).
-      const allowed =
-        Math.floor(((Date.now() - started) / 1000) * core.options.resyncRate) + WINDOW;
-      pumping = true;
-      while (active < WINDOW && at < keys.length && at < allowed) {
-        active++;
-        const key = keys.at(at++)!;
-        this.refill(node, key, (ok) => {
-          active--;
-          // A copy of a run that has ended (its node went down, say) counts for no later run.
-          if (ended || s.resyncRun !== run) return;
-          if (ok) s.resyncCopied++;
-          else {
-            s.resyncFailed++;
-            // Its own copy: a view would keep the whole listing alive until the retry.
-            failedKeys.push(Buffer.from(key));
-          }
-          pump();
-        });
-      }
-      pumping = false;
-      if (at >= keys.length) {
-        if (active > 0) return;
-        if (!incomplete && next !== null) {
-          ended = true;
-          return next(failedKeys);
-        }
-        finish(incomplete || failedKeys.length > 0 ? 'failed' : 'done');
-        return;
-      }
-      if (at >= allowed && !scheduled) {
-        scheduled = true;
-        core.later(() => {
-          scheduled = false;
-          pump();
-        }, 10);
-      }
-    };
-    pump();
+    core.log.info({ ...fields, state, scanned: s.resyncScanned }, 'resync finished');
+    if (s.resyncAgain) {
+      s.resyncAgain = false;
+      return this.run(node);
+    }
+    if (state === 'done') {
+      s.resyncRetryMs = RESYNC_RETRY_MS;
+      s.complete = true;
+      core.gate.complete(node, true);
+      return;
+    }
+    // Only copies failed: the retry copies just those keys. A listing failed: it lists again.
+    // A run that failed only because a node was down runs again when a node comes back
+    // (rejoin), not on a timer; but if that node came back while this run went on, its
+    // rejoin found the run still going, so it runs again now.
+    if (!incomplete && failedKeys.length > 0) s.resyncRetryKeys = failedKeys;
+    if (s.resyncFailed > 0 || core.nodes.every((n) => n.isUp)) this.retry(node, run);
   }
 
   /**
@@ -296,6 +267,98 @@ export class Resync {
       if (n !== node && core.nodes[n]!.isUp && core.trusts(n, ks)) return n;
     }
     return -1;
+  }
+}
+
+/**
+ * One pass of copies to a re-syncing node: at most WINDOW in flight, and at
+ * most `resyncRate` keys per second since the pass started (plus one
+ * window). It ends once, with `onEnd` (given the keys whose copy failed), or
+ * with `onNodeDown` if the node goes out of service.
+ */
+class CopyPass {
+  private readonly core: RecoveryCore;
+  private readonly node: number;
+  private readonly run: number;
+  private readonly keys: KeyList;
+  private readonly copy: (key: Buffer, cb: (ok: boolean) => void) => void;
+  private readonly started = Date.now();
+  private at = 0;
+  private active = 0;
+  private scheduled = false;
+  /** Set once the pass has ended: the rate-limit timer may still call pump() after that. */
+  private ended = false;
+  /**
+   * A copy with no source left fails at once, inside copy(): as in replay(), its
+   * callback must not start the next copy from within pump's loop.
+   */
+  private pumping = false;
+  /** Own copies of the keys whose copy failed (a view would keep the whole listing alive). */
+  readonly failed: Buffer[] = [];
+  onEnd: (failed: Buffer[]) => void = () => {};
+  onNodeDown: () => void = () => {};
+
+  constructor(
+    core: RecoveryCore,
+    node: number,
+    run: number,
+    keys: KeyList,
+    copy: (key: Buffer, cb: (ok: boolean) => void) => void,
+  ) {
+    this.core = core;
+    this.node = node;
+    this.run = run;
+    this.keys = keys;
+    this.copy = copy;
+  }
+
+  /** Whether this pass's run is still the node's current, running one. */
+  private get current(): boolean {
+    const s = this.core.state[this.node]!;
+    return s.resyncRun === this.run && s.resync === 'running';
+  }
+
+  pump(): void {
+    const core = this.core;
+    if (this.pumping || this.ended || core.closed || !this.current) return;
+    if (!core.nodes[this.node]!.isUp) {
+      this.ended = true;
+      return this.onNodeDown();
+    }
+    const allowed =
+      Math.floor(((Date.now() - this.started) / 1000) * core.options.resyncRate) + WINDOW;
+    this.pumping = true;
+    while (this.active < WINDOW && this.at < this.keys.length && this.at < allowed) {
+      this.active++;
+      const key = this.keys.at(this.at++)!;
+      this.copy(key, (ok) => this.copied(key, ok));
+    }
+    this.pumping = false;
+    if (this.at >= this.keys.length) {
+      if (this.active > 0) return;
+      this.ended = true;
+      return this.onEnd(this.failed);
+    }
+    if (this.at >= allowed && !this.scheduled) {
+      this.scheduled = true;
+      core.later(() => {
+        this.scheduled = false;
+        this.pump();
+      }, 10);
+    }
+  }
+
+  private copied(key: Buffer, ok: boolean): void {
+    this.active--;
+    const s = this.core.state[this.node]!;
+    // A copy of a pass that has ended (its node went down, say) counts for no later run.
+    if (this.ended || s.resyncRun !== this.run) return;
+    if (ok) s.resyncCopied++;
+    else {
+      s.resyncFailed++;
+      this.failed.push(Buffer.from(key));
+    }
+    this.pump();
   }
 }
 

@@ -8,7 +8,7 @@ import { R, encodeStats } from '../protocol/encoder.js';
 import type { Request } from '../protocol/request.js';
 import { EXPECT_LINE, equals } from '../protocol/response-parser.js';
 import { isReply } from './reply-rules.js';
-import type { Done, RouteContext } from './route-context.js';
+import { type Done, NO_REPLICA, type RouteContext } from './route-context.js';
 
 export interface StatsIdentity {
   /** What `version` answers. */
@@ -28,7 +28,7 @@ export function flushAll(
   done: Done,
 ): void {
   const up = ctx.nodes.filter((n) => n.isUp);
-  if (up.length === 0) return done(ctx.unavailable(req));
+  if (up.length === 0) return done(req.noreply ? null : NO_REPLICA);
   // A node that misses a flush holds items its replicas dropped: flushed on rejoin.
   for (const n of ctx.nodes) if (!n.isUp) ctx.recovery?.missedFlush(n.index);
   let left = up.length;
@@ -39,7 +39,7 @@ export function flushAll(
       else ctx.recovery?.missedFlush(n.index);
       if (--left > 0) return;
       if (req.noreply) done(null);
-      else done(ok ? R.OK : ctx.unavailable(req));
+      else done(ok ? R.OK : NO_REPLICA);
     });
   }
 }

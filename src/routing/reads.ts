@@ -25,7 +25,14 @@ import { type Item, readItem } from './item.js';
 import { READ, Ticket } from './key-order.js';
 import { keyHash } from './meta.js';
 import { metaMiss, missIsTrue, answered, type ReplyOrErr } from './reply-rules.js';
-import { type Done, type Out, type Route, type RouteContext, metaLine } from './route-context.js';
+import {
+  type Done,
+  NO_REPLICA,
+  type Out,
+  type Route,
+  type RouteContext,
+  metaLine,
+} from './route-context.js';
 
 const CRLF = R.CRLF;
 
@@ -115,7 +122,7 @@ export function metaDebug(ctx: RouteContext, req: Request, done: Done): void {
     };
     const attempt = (a: number): void => {
       const node = route[a];
-      if (node === undefined) return release(ctx.unavailable(req));
+      if (node === undefined) return release(NO_REPLICA);
       ctx.send(node, hash, req.raw, EXPECT_LINE, (r) =>
         answered(r) ? release(r.raw) : attempt(a + 1),
       );

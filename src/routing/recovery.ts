@@ -106,10 +106,17 @@ export class Recovery {
     return this.core.state[node]!.complete;
   }
 
-  /** A write replaced `node`'s copy of `key` whole: it can be trusted again. */
+  /**
+   * A write replaced `node`'s copy of `key` whole: it can be trusted again,
+   * and nothing it missed before is owed to it.
+   */
   unfence(node: number, key: Buffer): void {
-    const f = this.core.state[node]!.fenced;
-    if (f.size > 0) f.delete(key.toString('latin1'));
+    const s = this.core.state[node]!;
+    if (s.fenced.size === 0 && s.missed.size === 0) return;
+    const ks = key.toString('latin1');
+    s.fenced.delete(ks);
+    // Only while the node is up: a rejoin's replay decides for a node that is down.
+    if (this.core.nodes[node]!.isUp && !s.rejoining) s.missed.delete(ks);
   }
 
   /**

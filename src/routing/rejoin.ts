@@ -34,6 +34,8 @@ const REJOIN_ROUNDS = 4;
 const REJOIN_GRACE_MS = 150;
 /** Wait before fixing keys a node that is up missed, so a burst is fixed in one round. */
 const FIX_DELAY_MS = 20;
+/** Wait before fixing again what a failed background fix left. */
+const FIX_RETRY_MS = 1000;
 /** Attempts at a copy that a write from another process keeps crossing (see copyItem). */
 const COPY_TRIES = 3;
 /** Copies in flight during a replay. */
@@ -67,8 +69,12 @@ export class Rejoin {
     this.replay(
       target,
       () => {
-        // Whatever is left (the node failed again) waits for the next miss or the rejoin.
         s.fixing = false;
+        // Whatever is left (the node failed again) is tried again shortly while the node is up.
+        if (s.missed.size > 0 && !s.overflow) {
+          s.fixing = true;
+          this.core.later(() => this.fix(node), FIX_RETRY_MS);
+        }
       },
       Infinity,
     );

@@ -1,0 +1,95 @@
+/**
+ * Recovery edge cases found in review, against real memcached behind a relay:
+ * a background fix that fails is retried, a later successful write clears the
+ * node's log entry, and commands answered without any node do not count as
+ * proxy_unavailable.
+ */
+
+import { expect } from 'chai';
+import {
+  type Cluster,
+  MemcacheClient,
+  keyOnReplicas,
+  peek,
+  sleep,
+  startCluster,
+  statsOf,
+} from '../helpers/proxy.js';
+import { until } from '../helpers/wait.js';
+
+const NO_REPLICA = 'SERVER_ERROR no replica available\r\n';
+
+describe('recovery edges: failed fixes, stats without nodes', function () {
+  this.timeout(20000);
+  let c: Cluster | null = null;
+  let client: MemcacheClient | null = null;
+
+  const paused: import('../helpers/memcached.js').Memcached[] = [];
+  afterEach(async () => {
+    for (const n of paused) n.resume();
+    paused.length = 0;
+    client?.close();
+    client = null;
+    await c?.stop();
+    c = null;
+  });
+
+  async function stat(name: string): Promise<string | undefined> {
+    return (await statsOf(client!)).get(name);
+  }
+
+  it('a background fix that fails on the node is retried, and a later write that succeeds there clears the log', async function () {
+    c = await startCluster({ nodes: 2, relays: [0] });
+    client = await MemcacheClient.connect(c.port);
+    const k = keyOnReplicas(c, 'stuck', [0, 1]);
+    expect(await client.command(`set ${k} 0 0 2`, 'v1')).to.equal('STORED\r\n');
+    const relay = c.relays.get(0)!;
+    relay.intercept(`set ${k} 0 0 2\r\nv2\r\n`, 'SERVER_ERROR out of memory storing object\r\n');
+    // The background fix's copy to node 0 (ms ... F0 T0) gets an error reply too.
+    relay.intercept(`ms ${k} 2 F0 T0\r\nv2\r\n`, 'SERVER_ERROR out of memory storing object\r\n');
+    expect(await client.command(`set ${k} 0 0 2`, 'v2')).to.equal('STORED\r\n');
+    await until('the fix attempt', 3000, () => relay.intercepted === 2);
+    // Node 0 answers everything normally from now on; the key is written again on both nodes.
+    expect(await client.command(`set ${k} 0 0 2`, 'v3')).to.equal('STORED\r\n');
+    expect((await peek(c.nodes[0]!, k))?.value).to.equal('v3');
+    expect((await peek(c.nodes[1]!, k))?.value).to.equal('v3');
+    await sleep(1500);
+    expect(
+      await stat('proxy_node_0_outage_log'),
+      'node 0 still has the key pending, 1.5 s later',
+    ).to.equal('0');
+  });
+
+  it('with the partner gone, the up-to-date copy on a node whose fix once failed is served', async function () {
+    c = await startCluster({ nodes: 2, relays: [0] });
+    client = await MemcacheClient.connect(c.port);
+    const k = keyOnReplicas(c, 'stuck', [0, 1]);
+    expect(await client.command(`set ${k} 0 0 2`, 'v1')).to.equal('STORED\r\n');
+    const relay = c.relays.get(0)!;
+    relay.intercept(`set ${k} 0 0 2\r\nv2\r\n`, 'SERVER_ERROR out of memory storing object\r\n');
+    relay.intercept(`ms ${k} 2 F0 T0\r\nv2\r\n`, 'SERVER_ERROR out of memory storing object\r\n');
+    expect(await client.command(`set ${k} 0 0 2`, 'v2')).to.equal('STORED\r\n');
+    await until('the fix attempt', 3000, () => relay.intercepted === 2);
+    expect(await client.command(`set ${k} 0 0 2`, 'v3')).to.equal('STORED\r\n');
+    await sleep(500);
+    await c.kill(1);
+    await c.waitNode(1, false).catch(() => {});
+    expect((await peek(c.nodes[0]!, k))?.value).to.equal('v3');
+    expect(await client.command(`get ${k}`)).to.equal(`VALUE ${k} 0 2\r\nv3\r\nEND\r\n`);
+  });
+
+  it('flush_all with every node down, and me with no replica, do not count proxy_unavailable', async function () {
+    c = await startCluster({ nodes: 2 });
+    client = await MemcacheClient.connect(c.port);
+    await c.kill(0);
+    await c.kill(1);
+    await until('both down', 3000, async () => {
+      await client!.command('get x');
+      return !c!.proxy.nodes[0]!.isUp && !c!.proxy.nodes[1]!.isUp;
+    });
+    const before = Number(await stat('proxy_unavailable'));
+    expect(await client.command('flush_all')).to.equal(NO_REPLICA);
+    expect(await client.command('me x')).to.equal(NO_REPLICA);
+    expect(Number(await stat('proxy_unavailable'))).to.equal(before);
+  });
+});

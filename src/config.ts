@@ -249,7 +249,14 @@ export class ConfigError extends Error {
 /** Validate a parsed JSON value; errors read "config: <field>: <reason>". */
 export function parseConfig(value: unknown): Config {
   const r = configSchema.safeParse(value);
-  if (r.success) return { ...r.data, users: loadUsers(r.data.auth?.usersFile) };
+  if (r.success) {
+    // Not enumerable: a config handed to workers as JSON carries the file name, not the users
+    // (each worker reads the file itself).
+    return Object.defineProperty({ ...r.data }, 'users', {
+      value: loadUsers(r.data.auth?.usersFile),
+      enumerable: false,
+    }) as Config;
+  }
   const lines = r.error.issues.map((i) => {
     const path = i.path.length
       ? i.path

@@ -137,7 +137,7 @@ export class BinaryCommands {
     switch (p.command) {
       case Op.GET:
       case Op.GETK:
-        if (printable(p.key)) return line(`gets ${p.key.toString('latin1')}`);
+        // A printable key never gets here: request() builds its gets directly.
         return line(`mg ${metaKeyToken(p.key)} v f c`);
       case Op.GAT:
       case Op.GATK:

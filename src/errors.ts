@@ -9,7 +9,9 @@ export type BackendErrorCode =
   | 'MSP_BACKEND_CLOSED'
   | 'MSP_BACKEND_DESYNC'
   | 'MSP_BACKEND_CONNECT'
-  | 'MSP_NODE_DOWN';
+  | 'MSP_NODE_DOWN'
+  /** The node's copy of the key stopped being trusted while a read of it was in flight. */
+  | 'MSP_DISTRUSTED';
 
 export class BackendError extends Error {
   constructor(
@@ -22,3 +24,4 @@ export class BackendError extends Error {
 }
 
 export const NODE_DOWN = new BackendError('MSP_NODE_DOWN', 'node is down');
+export const DISTRUSTED = new BackendError('MSP_DISTRUSTED', 'copy distrusted during the read');

@@ -18,6 +18,7 @@
  * waits for its second look and its repair. Every read calls `done` once.
  */
 
+import { DISTRUSTED } from '../errors.js';
 import { R, encodeTouch } from '../protocol/encoder.js';
 import type { Request } from '../protocol/request.js';
 import { EXPECT_LINE, EXPECT_VALUES, type Reply } from '../protocol/response-parser.js';
@@ -73,12 +74,16 @@ function readOneRun(ctx: RouteContext, req: Request, hash: number, done: Done): 
     ctx.order.release(READ, hash);
     return done(ctx.unavailable(req));
   }
-  ctx.nodes[node]!.send(hash, req.raw, EXPECT_VALUES, (err, r) => {
+  ctx.nodes[node]!.send(hash, req.raw, EXPECT_VALUES, (sent, r) => {
+    let err = sent;
     if (err !== null) ctx.countError(err);
     else if (!r!.isError) {
       const values = r!.values!;
       const v = values[0];
-      if (v !== undefined && values.length === 1 && v.keyIs(key)) {
+      if (!ctx.answers(node, key)) {
+        // A write the node missed was logged while this read was in flight: ask the next replica.
+        err = DISTRUSTED;
+      } else if (v !== undefined && values.length === 1 && v.keyIs(key)) {
         ctx.stats.getHits++;
         let out: Out;
         if (req.cmd === 'gets' && ctx.cas.encoding) {
@@ -254,7 +259,7 @@ class Read {
       const data = req.noreply ? metaLine(req) : req.raw;
       return this.ctx.send(node, this.hashes[0]!, data, EXPECT_LINE, (r) => {
         this.outstanding--;
-        if (!answered(r)) this.fetch(group, attempt + 1);
+        if (!answered(r) || !this.ctx.answers(node, req.key)) this.fetch(group, attempt + 1);
         else if (metaMiss(r)) {
           this.miss ??= r;
           (this.missedOn[0] ??= []).push(node);
@@ -272,16 +277,20 @@ class Read {
       }
       const values = r.values!;
       let p = 0;
+      let again: number[] | null = null;
       for (const i of group) {
+        const key = req.keys[i]!;
         const v = values[p];
-        if (v !== undefined && v.keyIs(req.keys[i]!)) {
-          p++;
-          this.hit(i, attempt, this.withCas ? this.ctx.cas.value(v, node) : v.raw);
-        } else {
+        const found = v !== undefined && v.keyIs(key);
+        if (found) p++;
+        if (!this.ctx.answers(node, key)) (again ??= []).push(i);
+        else if (found) this.hit(i, attempt, this.withCas ? this.ctx.cas.value(v, node) : v.raw);
+        else {
           (this.missedOn[i] ??= []).push(node);
           this.look(i, attempt + 1);
         }
       }
+      if (again !== null) this.fetch(again, attempt + 1);
       this.finish();
     });
   }
@@ -313,7 +322,7 @@ class Read {
       key,
       (item) => {
         this.outstanding--;
-        if (item === undefined) this.look(i, attempt + 1);
+        if (item === undefined || !ctx.answers(node, key)) this.look(i, attempt + 1);
         else if (item === null) {
           this.missedOn[i]!.push(node);
           this.look(i, attempt + 1);
@@ -335,8 +344,9 @@ class Read {
     const data = req.noreply ? metaLine(req) : req.raw;
     this.ctx.send(node, this.hashes[0]!, data, EXPECT_LINE, (r) => {
       this.outstanding--;
-      if (answered(r) && !metaMiss(r)) this.hit(0, attempt, this.ctx.clientReply(req, r, node));
-      else this.look(0, attempt + 1);
+      if (answered(r) && !metaMiss(r) && this.ctx.answers(node, req.key)) {
+        this.hit(0, attempt, this.ctx.clientReply(req, r, node));
+      } else this.look(0, attempt + 1);
       this.finish();
     });
   }

@@ -138,8 +138,11 @@ export class RecoveryCore {
     this.gate.fenced(node, ks);
   }
 
-  /** `node` was emptied (restarted or flushed): it is complete again only after a re-sync. */
-  emptied(node: number): void {
+  /**
+   * `node` may lack acknowledged writes (it restarted empty, was flushed, or
+   * its past is unknown): it is complete again only after a re-sync.
+   */
+  incomplete(node: number): void {
     const s = this.state[node]!;
     if (!s.complete) return;
     s.complete = false;

@@ -129,7 +129,10 @@ export class Recovery {
 
   /** Another process learnt whether `node` is complete (emptied, or refilled by its re-sync). */
   remoteComplete(node: number, complete: boolean): void {
-    this.core.state[node]!.complete = complete;
+    const s = this.core.state[node]!;
+    s.complete = complete;
+    // Emptied while this process re-syncs it: what was copied so far may be gone.
+    if (!complete && s.resync === 'running') s.resyncAgain = true;
   }
 
   // ------------------------------------------------------- rejoin and resync
@@ -147,7 +150,7 @@ export class Recovery {
 
   /** `node` restarted (a new process, empty): it is refilled. */
   restarted(node: number): void {
-    this.core.emptied(node);
+    this.core.incomplete(node);
     this.resync(node);
   }
 

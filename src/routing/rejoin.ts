@@ -108,7 +108,9 @@ export class Rejoin {
    * and is up, they hold every key's other copy, so this node is flushed at
    * its rejoin and refilled, as after an outage log overflow. Otherwise a
    * flush could take the last copy of some keys (their other node is not up,
-   * or was itself unreachable at start), so the node is taken as it is.
+   * or was itself unreachable at start), so the node is taken as it is, its
+   * outage log replayed, but not complete: a miss there is not taken as true
+   * until a re-sync has refilled it (it may have restarted empty meanwhile).
    * Returns `restarted` for the rejoin.
    */
   private firstContact(node: BackendNode): boolean {
@@ -118,8 +120,9 @@ export class Rejoin {
       core.log.warn(
         { node: node.label },
         'node answers for the first time since msproxy started, and not every other node ' +
-          'answered at start and is up: served as it is',
+          'answered at start and is up: served as it is, and re-synced',
       );
+      core.incomplete(node.index);
       return false;
     }
     core.log.warn(
@@ -175,7 +178,7 @@ export class Rejoin {
     };
     // Alone, replay with the node out of service; shared, `done` replays with writes let through.
     const catchUp = (refill: boolean): void => {
-      if (refill) core.emptied(node.index);
+      if (refill) core.incomplete(node.index);
       if (core.gate.shared) return done(true, '', refill);
       this.replay(node, (ok) => done(ok, 'replay failed', refill));
     };
@@ -202,7 +205,8 @@ export class Rejoin {
     const core = this.core;
     this.refixFenced();
     // A re-sync cut short by the node going down has keys still to copy: it runs again too.
-    const unfinished = core.state[node]!.resync === 'failed';
+    const s = core.state[node]!;
+    const unfinished = s.resync === 'failed' || !s.complete;
     if ((refill || unfinished) && core.options.resyncRate > 0) this.resync.run(node);
     // A source is back: a re-sync that could not list its keys can now finish.
     core.state.forEach((o, i) => {

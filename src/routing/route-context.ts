@@ -94,6 +94,17 @@ export class RouteContext {
     return route;
   }
 
+  /**
+   * Whether `node`'s answer for `key` still counts when it arrives. A write
+   * the node missed (an error reply) may have been logged after the read
+   * was sent: its lane is FIFO, so that write's reply came first, and the
+   * read must not serve what the node held before it.
+   */
+  answers(node: number, key: Buffer): boolean {
+    const rec = this.recovery;
+    return rec === null || !rec.anyDistrusted || rec.trusts(node, key);
+  }
+
   /** Whether a miss on `node` is known to be true (it holds every acknowledged write). */
   readonly complete = (node: number): boolean => this.recovery?.complete(node) ?? true;
 

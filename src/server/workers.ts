@@ -37,8 +37,12 @@ export type ToPrimary =
   | { msp: 'flushing'; node: number }
   /** The node needs a re-sync, which worker 0 runs. */
   | { msp: 'resync'; node: number }
-  /** The node was emptied (false) or refilled by a re-sync (true). */
-  | { msp: 'complete'; node: number; complete: boolean };
+  /**
+   * The node may lack writes (false) or was refilled by a re-sync (true).
+   * `seen`: how many `complete: false` for the node this worker had been sent
+   * (a true that has not seen the latest false is out of date).
+   */
+  | { msp: 'complete'; node: number; complete: boolean; seen?: number };
 
 /** Primary -> worker. */
 export type ToWorker =
@@ -84,6 +88,8 @@ export class RejoinCoordinator {
   private readonly resyncs = new Set<number>();
   /** Nodes emptied and not yet refilled, as the workers last said (for workers that start). */
   private readonly incomplete = new Set<number>();
+  /** Per node: the `complete: false` sent to the re-sync worker since it started. */
+  private readonly falsesToResyncer: number[];
 
   constructor(nodes: number, send: (worker: number, msg: ToWorker) => void) {
     this.send = send;
@@ -91,6 +97,7 @@ export class RejoinCoordinator {
     this.ready = Array.from({ length: nodes }, () => new Map<number, number>());
     this.flusher = new Array<number | null>(nodes).fill(null);
     this.flushAcked = new Array<boolean>(nodes).fill(false);
+    this.falsesToResyncer = new Array<number>(nodes).fill(0);
   }
 
   /** Whether the group has `node` out of service (for tests and logs). */
@@ -106,6 +113,9 @@ export class RejoinCoordinator {
     this.send(worker, { msp: 'init', down, incomplete: [...this.incomplete] });
     this.flusher.forEach((f, node) => f === NOBODY && this.owe(node));
     if (worker === RESYNC_WORKER) {
+      // A re-sync the last one did not finish (it died mid-run) runs again here.
+      this.falsesToResyncer.fill(0);
+      for (const node of this.incomplete) this.resyncs.add(node);
       for (const node of this.resyncs) this.send(worker, { msp: 'resync', node });
       this.resyncs.clear();
     }
@@ -172,9 +182,21 @@ export class RejoinCoordinator {
         else this.resyncs.add(msg.node);
         return;
       case 'complete':
-        if (msg.complete) this.incomplete.delete(msg.node);
-        else this.incomplete.add(msg.node);
-        for (const w of this.live) if (w !== worker) this.send(w, msg);
+        if (msg.complete) {
+          // The re-sync worker finished a run before it got a later `false` (a restart another
+          // worker saw): that false's own re-sync request follows, and its run answers.
+          if (worker === RESYNC_WORKER && msg.seen !== this.falsesToResyncer[msg.node]) return;
+          this.incomplete.delete(msg.node);
+        } else {
+          this.incomplete.add(msg.node);
+          if (worker !== RESYNC_WORKER && this.live.has(RESYNC_WORKER)) {
+            this.falsesToResyncer[msg.node]!++;
+          }
+        }
+        for (const w of this.live) {
+          if (w !== worker)
+            this.send(w, { msp: 'complete', node: msg.node, complete: msg.complete });
+        }
         return;
       default:
         return;
@@ -198,12 +220,15 @@ export class WorkerGate implements RejoinGate {
   private readonly post: (msg: ToPrimary) => void;
   private readonly epochs: number[];
   private readonly waiting: ((() => void) | null)[];
+  /** Per node: the `complete: false` the primary sent this worker (see ToPrimary). */
+  private readonly falses: number[];
 
   constructor(nodes: number, resyncs: boolean, post: (msg: ToPrimary) => void) {
     this.resyncs = resyncs;
     this.post = post;
     this.epochs = new Array<number>(nodes).fill(0);
     this.waiting = new Array<(() => void) | null>(nodes).fill(null);
+    this.falses = new Array<number>(nodes).fill(0);
   }
 
   down(node: number): void {
@@ -227,7 +252,12 @@ export class WorkerGate implements RejoinGate {
   }
 
   complete(node: number, complete: boolean): void {
-    this.post({ msp: 'complete', node, complete });
+    this.post({ msp: 'complete', node, complete, seen: this.falses[node] });
+  }
+
+  /** The primary said another worker found `node` incomplete (or refilled). */
+  remoteComplete(node: number, complete: boolean): void {
+    if (!complete) this.falses[node]!++;
   }
 
   /** The primary said go: run the wait it answers, if it is still the current one. */
@@ -431,6 +461,7 @@ async function serveAsWorker(config: Config, log: Logger, index: number): Promis
       case 'resync':
         return p.recovery.resync(msg.node);
       case 'complete':
+        gate.remoteComplete(msg.node, msg.complete);
         return p.recovery.remoteComplete(msg.node, msg.complete);
       default:
         return;

@@ -853,6 +853,45 @@ describe('fencing and re-sync edge cases', function () {
     expect(lost, 'sessions lost').to.deep.equal([]);
   });
 
+  it('a node first seen while its partner hangs is served as it is, but its misses are no logout until it is re-synced', async function () {
+    this.timeout(30000);
+    c = await startCluster({ recovery: { resyncRate: 100000 } });
+    p = await MemcacheClient.connect(c.port);
+    const [A, B] = [0, 1];
+    const keys = await storeOnPair('firstseen', A, B, 50);
+    p.close();
+    // A dies and msproxy restarts while B hangs: neither answers at start.
+    await c.kill(A);
+    c.nodes[B]!.pause();
+    paused.add(B);
+    await c.restartProxy();
+    await c.waitNode(A, false);
+    await c.waitNode(B, false);
+    // A comes back empty while B still hangs: B cannot vouch for it, so it is not flushed,
+    // but nothing says it holds every session either.
+    await c.restart(A);
+    await c.waitNode(A, true, 5000);
+    const complete = (n: number): unknown =>
+      new Map(c.proxy.recovery.rows()).get(`proxy_node_${n}_complete`);
+    expect(complete(A)).to.equal(0);
+    p = await MemcacheClient.connect(c.port);
+    const got = await p.pipeline(keys.map((k) => `get ${k}`));
+    expect(
+      keys.filter((_, i) => got[i] === 'END\r\n'),
+      'sessions answered as a miss',
+    ).to.deep.equal([]);
+    expect(new Set(got)).to.deep.equal(new Set(['SERVER_ERROR no replica available\r\n']));
+    // B answers: A is refilled from it and counts as complete again.
+    c.nodes[B]!.resume();
+    paused.delete(B);
+    await c.waitNode(B, true, 5000);
+    await until('A complete again', 10000, () => complete(A) === 1);
+    await expectAllOn(c.nodes[A]!, keys);
+    const again = await p.pipeline(keys.map((k) => `get ${k}`));
+    const lost = keys.filter((k, i) => again[i] !== `VALUE ${k} 0 2\r\nv1\r\nEND\r\n`);
+    expect(lost, 'sessions lost').to.deep.equal([]);
+  });
+
   it('a node restarted empty while msproxy was down is re-synced, so killing its partner loses nothing', async function () {
     this.timeout(30000);
     c = await startCluster({ recovery: { resyncRate: 100000 } });

@@ -1,8 +1,9 @@
 /**
  * Recovery edge cases found in review, against real memcached behind a relay:
  * a background fix that fails is retried, a later successful write clears the
- * node's log entry, and commands answered without any node do not count as
- * proxy_unavailable.
+ * node's log entry, reads in flight behind a write that failed on their node
+ * do not serve what it held before, and commands answered without any node
+ * do not count as proxy_unavailable.
  */
 
 import { expect } from 'chai';
@@ -76,6 +77,33 @@ describe('recovery edges: failed fixes, stats without nodes', function () {
     await c.waitNode(1, false).catch(() => {});
     expect((await peek(c.nodes[0]!, k))?.value).to.equal('v3');
     expect(await client.command(`get ${k}`)).to.equal(`VALUE ${k} 0 2\r\nv3\r\nEND\r\n`);
+  });
+
+  it('reads pipelined behind a write that failed on their node read the write from the other replica', async function () {
+    c = await startCluster({ nodes: 2, relays: [0] });
+    client = await MemcacheClient.connect(c.port);
+    const k = keyOnReplicas(c, 'ryw', [0, 1]);
+    const k2 = keyOnReplicas(c, 'ryw2', [0, 1]);
+    expect(await client.command(`set ${k} 0 0 2`, 'v1')).to.equal('STORED\r\n');
+    expect(await client.command(`set ${k2} 0 0 2`, 'w1')).to.equal('STORED\r\n');
+    const relay = c.relays.get(0)!;
+    relay.intercept(`set ${k} 0 0 2\r\nv2\r\n`, 'SERVER_ERROR out of memory storing object\r\n');
+    // Every read is on node 0's lane behind the set, sent before its error reply came back.
+    const replies = await client.pipeline([
+      [`set ${k} 0 0 2`, 'v2'],
+      `get ${k}`,
+      `gets ${k}`,
+      `mg ${k} v`,
+      `get ${k2} ${k}`,
+    ]);
+    expect(relay.intercepted, 'the set failed on node 0').to.equal(1);
+    expect(replies[0]).to.equal('STORED\r\n');
+    expect(replies[1]).to.equal(`VALUE ${k} 0 2\r\nv2\r\nEND\r\n`);
+    expect(replies[2]).to.match(new RegExp(`^VALUE ${k} 0 2 \\d+\r\nv2\r\nEND\r\n$`));
+    expect(replies[3]).to.equal('VA 2\r\nv2\r\n');
+    expect(replies[4]).to.equal(`VALUE ${k2} 0 2\r\nw1\r\nVALUE ${k} 0 2\r\nv2\r\nEND\r\n`);
+    // The background fix brings node 0 in line.
+    await until('node 0 fixed', 3000, async () => (await peek(c!.nodes[0]!, k))?.value === 'v2');
   });
 
   it('flush_all with every node down, and me with no replica, do not count proxy_unavailable', async function () {

@@ -58,7 +58,13 @@ describe('workers: 2 (node:cluster)', function () {
   beforeEach(async function () {
     nodes = await Promise.all([0, 1, 2].map(() => Memcached.start()));
     ring = new Ring(nodes.map((n) => ({ label: `127.0.0.1:${n.port}`, weight: 1 })));
-    proxy = await ProxyProcess.start({
+    proxy = await ProxyProcess.start(config());
+    clients = await oneClientPerWorker(proxy.port);
+  });
+
+  /** The config in front of `nodes`, with `extra` merged in. */
+  function config(extra: Record<string, unknown> = {}): Record<string, unknown> {
+    return {
       listen: '127.0.0.1:0',
       nodes: nodes.map((n) => `127.0.0.1:${n.port}`),
       replicas: 2,
@@ -66,9 +72,9 @@ describe('workers: 2 (node:cluster)', function () {
       timeouts: { requestMs: 250, connectMs: 500 },
       backend: { probeMs: 50, probeMaxMs: 200 },
       log: { level: 'info' },
-    });
-    clients = await oneClientPerWorker(proxy.port);
-  });
+      ...extra,
+    };
+  }
 
   afterEach(async function () {
     for (const c of clients) c.close();
@@ -207,6 +213,36 @@ describe('workers: 2 (node:cluster)', function () {
     } finally {
       await w.stop();
     }
+  });
+
+  it('a re-sync cut short by worker 0 dying is run again by the worker that replaces it', async function () {
+    // The same proxy with a slow re-sync, so that it is still running when worker 0 dies.
+    for (const c of clients) c.close();
+    expect(await proxy!.stop(), 'exit code').to.equal(0);
+    proxy = await ProxyProcess.start(config({ recovery: { resyncRate: 200 } }));
+    clients = await oneClientPerWorker(proxy.port);
+    const [w0, w1] = clients as [MemcacheClient, MemcacheClient];
+    const keys = keysOn(0, 400, 'cut');
+    const acks = await w1.pipeline(keys.map((k) => [`set ${k} 0 0 2`, 'v1'] as [string, string]));
+    expect(new Set(acks)).to.deep.equal(new Set(['STORED\r\n']));
+    nodes[0] = await nodes[0]!.restart();
+    await until(
+      'worker 0 re-syncing node 0',
+      10_000,
+      async () => (await statsOf(w0)).get('proxy_node_0_resync') === 'running',
+      msproxyLog,
+    );
+    process.kill(Number((await statsOf(w0)).get('pid')), 'SIGKILL');
+    await w0.waitClose();
+    await until(
+      'node 0 complete again, as worker 1 sees it',
+      20_000,
+      async () => (await statsOf(w1)).get('proxy_node_0_complete') === '1',
+      msproxyLog,
+    );
+    const missing: string[] = [];
+    for (const k of keys) if ((await peek(nodes[0]!, k))?.value !== 'v1') missing.push(k);
+    expect(missing, 'sessions node 0 did not get back').to.deep.equal([]);
   });
 
   it('a worker killed with SIGKILL is restarted; the other keeps serving', async function () {

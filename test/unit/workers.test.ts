@@ -165,6 +165,52 @@ describe('RejoinCoordinator', function () {
     ]);
   });
 
+  it('shares completeness, and drops a refill that predates a later emptying', function () {
+    const { c, sent } = coordinator(2);
+    for (const w of [0, 1, 2]) c.join(w);
+    sent.length = 0;
+    // Worker 1 saw node 1 restart: every other worker learns it is incomplete.
+    c.message(1, { msp: 'complete', node: 1, complete: false });
+    expect(sent).to.deep.equal([
+      [0, { msp: 'complete', node: 1, complete: false }],
+      [2, { msp: 'complete', node: 1, complete: false }],
+    ]);
+    sent.length = 0;
+    // Worker 0 ends a run it started before it heard of that: out of date, not passed on.
+    c.message(0, { msp: 'complete', node: 1, complete: true, seen: 0 });
+    expect(sent).to.deep.equal([]);
+    c.join(3);
+    expect(sent).to.deep.equal([[3, { msp: 'init', down: [], incomplete: [1] }]]);
+    sent.length = 0;
+    c.message(0, { msp: 'complete', node: 1, complete: true, seen: 1 });
+    expect(sent).to.deep.equal([
+      [1, { msp: 'complete', node: 1, complete: true }],
+      [2, { msp: 'complete', node: 1, complete: true }],
+      [3, { msp: 'complete', node: 1, complete: true }],
+    ]);
+    sent.length = 0;
+    c.join(4);
+    expect(sent).to.deep.equal([[4, { msp: 'init', down: [], incomplete: [] }]]);
+  });
+
+  it('a re-sync worker that dies mid-run: its successor re-syncs every incomplete node', function () {
+    const { c, sent } = coordinator(3);
+    c.join(0);
+    c.join(1);
+    c.message(0, { msp: 'complete', node: 2, complete: false });
+    c.leave(0, true);
+    sent.length = 0;
+    c.join(0);
+    expect(sent).to.deep.equal([
+      [0, { msp: 'init', down: [], incomplete: [2] }],
+      [0, { msp: 'resync', node: 2 }],
+    ]);
+    // The new worker 0 counts only what it was sent: its refill is current.
+    sent.length = 0;
+    c.message(0, { msp: 'complete', node: 2, complete: true, seen: 0 });
+    expect(sent).to.deep.equal([[1, { msp: 'complete', node: 2, complete: true }]]);
+  });
+
   it('ignores a message naming a node it does not have', function () {
     const { c, sent } = coordinator(2);
     c.join(0);
@@ -237,6 +283,20 @@ describe('WorkerGate', function () {
     expect(released).to.equal(10);
     gate.go(1, 2); // once
     expect(released).to.equal(10);
+  });
+
+  it('says, with a refill, how many emptyings it had heard of', function () {
+    const posted: ToPrimary[] = [];
+    const gate = new WorkerGate(2, true, (m) => posted.push(m));
+    gate.remoteComplete(1, false);
+    gate.remoteComplete(1, true);
+    gate.remoteComplete(1, false);
+    gate.complete(1, true);
+    gate.complete(0, false);
+    expect(posted).to.deep.equal([
+      { msp: 'complete', node: 1, complete: true, seen: 2 },
+      { msp: 'complete', node: 0, complete: false, seen: 0 },
+    ]);
   });
 
   it('a down cancels a pending ready', function () {

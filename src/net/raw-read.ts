@@ -20,6 +20,7 @@
  */
 
 import net from 'node:net';
+import { SLAB_PIECE_MAX, slabAlloc } from './slab.js';
 
 interface Fields {
   buffer: symbol;
@@ -38,33 +39,17 @@ const READ_SIZE = 64 * 1024;
 const scratch = Buffer.allocUnsafe(READ_SIZE);
 
 /**
- * Reads up to this size are copied into a shared 64 KiB slab; longer ones get
- * a buffer of their own. Whoever keeps a short piece of a read for long
+ * Reads up to this size are copied into a shared slab (slab.ts); longer ones
+ * get a buffer of their own. Whoever keeps a short piece of a read for long
  * should copy it (see RequestParser's stash), or it keeps the whole slab.
- * Why not Buffer's own 8 KiB pool: under a set-heavy load (requests of 1-4
- * KiB) it needs a new ArrayBuffer every few reads, and each is an external
- * allocation for V8 to track and sweep.
  */
-export const SHARED_COPY_MAX = 16 * 1024;
-const SLAB_SIZE = 64 * 1024;
-let slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
-let slabAt = 0;
+export const SHARED_COPY_MAX = SLAB_PIECE_MAX;
 
 /** A copy of the first `n` bytes of the shared read buffer. */
 function copyRead(n: number): Buffer {
-  if (n > SHARED_COPY_MAX) {
-    const own = Buffer.allocUnsafeSlow(n);
-    scratch.copy(own, 0, 0, n);
-    return own;
-  }
-  if (slabAt + n > SLAB_SIZE) {
-    slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
-    slabAt = 0;
-  }
-  const at = slabAt;
-  scratch.copy(slab, at, 0, n);
-  slabAt = (at + n + 7) & ~7; // 8-byte aligned, as Buffer's pool does
-  return slab.subarray(at, at + n);
+  const own = n > SHARED_COPY_MAX ? Buffer.allocUnsafeSlow(n) : slabAlloc(n);
+  scratch.copy(own, 0, 0, n);
+  return own;
 }
 
 function findFields(): Fields | null {

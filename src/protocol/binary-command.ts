@@ -14,22 +14,36 @@
  */
 
 import { encodeKey } from './base64.js';
-import { type BinaryPacket, Op, Status, errorResponse, response, responseParts } from './binary.js';
+import { type BinaryPacket, Op, Status, errorResponse, itemResponse, response } from './binary.js';
 import { RequestParser } from './request-parser.js';
 import { type BinaryOrigin, ProtocolError, Request } from './request.js';
-
-type Out = Buffer | Buffer[] | null;
+import type { Hit, Out } from './result.js';
 
 /** The largest TTL a meta token takes (memcached reads it as a signed 32-bit number). */
 const TTL_MAX = 0x7fffffff;
 const NO_VIVIFY = 0xffffffff;
 const EMPTY = Buffer.alloc(0);
+const DETAILED = Buffer.from('detailed');
 
 /** Whether a key can be a classic text token as it is (printable ASCII, no space). */
 function printable(key: Buffer): boolean {
   for (let i = 0; i < key.length; i++) {
     const c = key[i]!;
     if (c <= 0x20 || c >= 0x7f) return false;
+  }
+  return true;
+}
+
+/** Stats groups memcached answers only in text (binary: "not found"). */
+const TEXT_ONLY_GROUPS = ['conns', 'cachedump'];
+
+/** Whether a stat key names a group binary stat may ask for: printable ASCII and spaces. */
+function statGroup(key: Buffer): boolean {
+  const first = key.toString('latin1').split(' ', 1)[0]!;
+  if (TEXT_ONLY_GROUPS.includes(first)) return false;
+  for (let i = 0; i < key.length; i++) {
+    const c = key[i]!;
+    if (c < 0x20 || c >= 0x7f) return false;
   }
   return true;
 }
@@ -102,13 +116,9 @@ export class BinaryCommands {
     if (req === null) {
       // Whatever the text parser made of it, it starts afresh for the next one.
       this.parser = this.textParser();
-      return new ProtocolError(
-        '',
-        false,
-        false,
-        null,
-        errorResponse(p.opcode, p.opaque, Status.EINVAL),
-      );
+      // A stats group the text parser refuses is one memcached does not have.
+      const status = p.command === Op.STAT ? Status.KEY_ENOENT : Status.EINVAL;
+      return new ProtocolError('', false, false, null, errorResponse(p.opcode, p.opaque, status));
     }
     req.binary = origin(p);
     return req;
@@ -187,7 +197,10 @@ export class BinaryCommands {
       case Op.QUIT:
         return line('quit');
       case Op.STAT:
-        return line('stats');
+        // A group is words ("detail on"); a key with other bytes names no group: "not found",
+        // as are the groups memcached has only in text.
+        if (p.key.length === 0) return line('stats');
+        return line(`stats ${statGroup(p.key) ? p.key.toString('latin1') : '-'}`);
       default:
         return null;
     }
@@ -228,15 +241,16 @@ function flat(out: Out): Buffer {
   return Buffer.isBuffer(out) ? out : Buffer.concat(out);
 }
 
-/** Flag values of a meta reply line after its status (and size, for VA). */
-function metaFlags(lineText: string): Map<string, string> {
-  const parts = lineText.split(' ');
-  const out = new Map<string, string>();
-  for (let i = parts[0] === 'VA' ? 2 : 1; i < parts.length; i++) {
-    const t = parts[i]!;
-    if (t.length > 0) out.set(t[0]!, t.slice(1));
-  }
-  return out;
+/**
+ * The value of return flag `letter` in a meta reply line, or undefined. Each
+ * flag token starts with its letter, after the status (and a VA's size, which
+ * is digits), so ` <letter>` can only start that flag.
+ */
+function metaFlag(line: string, letter: 'c' | 'f'): string | undefined {
+  const at = line.indexOf(letter === 'c' ? ' c' : ' f');
+  if (at < 0) return undefined;
+  const end = line.indexOf(' ', at + 2);
+  return line.slice(at + 2, end < 0 ? line.length : end);
 }
 
 function flagsExtra(flags: number): Buffer {
@@ -245,22 +259,24 @@ function flagsExtra(flags: number): Buffer {
   return b;
 }
 
+/** A get's hit, for a request that came in binary: its response packet. */
+export function binaryHit(o: BinaryOrigin, h: Hit): Buffer | Buffer[] {
+  const v = h.value;
+  return itemResponse(
+    o.opcode,
+    o.opaque,
+    h.token ?? v.cas ?? 0n,
+    v.flags,
+    o.command === Op.GETK ? o.key : null,
+    v.data,
+  );
+}
+
 /**
  * The binary response for a request that came in binary, from the text
  * reply its route produced (null: nothing to send).
  */
 export function binaryReply(o: BinaryOrigin, out: Out): Out {
-  if (o.command === Op.GET || o.command === Op.GETK) {
-    const hit = valueHit(out);
-    if (hit !== null) {
-      return responseParts(
-        { opcode: o.opcode, status: Status.OK, opaque: o.opaque, cas: hit.cas },
-        flagsExtra(hit.flags),
-        o.command === Op.GETK ? o.key : null,
-        hit.value,
-      );
-    }
-  }
   const buf = flat(out);
   const eol = buf.indexOf('\r\n');
   const first = buf.toString('latin1', 0, eol < 0 ? buf.length : eol);
@@ -287,11 +303,10 @@ export function binaryReply(o: BinaryOrigin, out: Out): Out {
           value: buf.subarray(eol + 2, eol + 2 + bytes),
         };
       } else if (first.startsWith('VA ') || first.startsWith('HD')) {
-        const f = metaFlags(first);
         const bytes = first.startsWith('VA ') ? Number(first.split(' ')[1]) : 0;
         hit = {
-          flags: Number(f.get('f') ?? '0'),
-          cas: BigInt(f.get('c') ?? '0'),
+          flags: Number(metaFlag(first, 'f') ?? '0'),
+          cas: BigInt(metaFlag(first, 'c') ?? '0'),
           value: buf.subarray(eol + 2, eol + 2 + bytes),
         };
       }
@@ -315,7 +330,7 @@ export function binaryReply(o: BinaryOrigin, out: Out): Out {
     case Op.PREPEND: {
       if (first.startsWith('HD')) {
         if (o.quiet) return null;
-        return response({ ...head, cas: BigInt(metaFlags(first).get('c') ?? '0') });
+        return response({ ...head, cas: BigInt(metaFlag(first, 'c') ?? '0') });
       }
       if (first.startsWith('EX')) return fail(Status.KEY_EEXISTS);
       if (first.startsWith('NF')) return fail(Status.KEY_ENOENT);
@@ -335,12 +350,7 @@ export function binaryReply(o: BinaryOrigin, out: Out): Out {
         const bytes = Number(first.split(' ')[1]);
         const value = Buffer.allocUnsafe(8);
         value.writeBigUInt64BE(BigInt(buf.toString('latin1', eol + 2, eol + 2 + bytes)), 0);
-        return response(
-          { ...head, cas: BigInt(metaFlags(first).get('c') ?? '0') },
-          null,
-          null,
-          value,
-        );
+        return response({ ...head, cas: BigInt(metaFlag(first, 'c') ?? '0') }, null, null, value);
       }
       if (first.startsWith('EX')) return fail(Status.KEY_EEXISTS);
       if (first.startsWith('NS')) return fail(Status.NOT_STORED);
@@ -355,38 +365,6 @@ export function binaryReply(o: BinaryOrigin, out: Out): Out {
     default:
       return fail(Status.UNKNOWN_COMMAND);
   }
-}
-
-/**
- * A get's hit as the text reply carries it (`VALUE <key> <flags> <bytes>
- * [<cas>]`, its data, END), read in place: the session read's fast path.
- * Null for anything else (a miss, an error, an mg reply).
- */
-function valueHit(out: Out): { flags: number; cas: bigint; value: Buffer } | null {
-  if (out === null) return null;
-  const first = Buffer.isBuffer(out) ? out : out[0]!;
-  if (
-    first.length < 6 ||
-    first[0] !== 0x56 /* V */ ||
-    first.toString('latin1', 0, 6) !== 'VALUE '
-  ) {
-    return null;
-  }
-  const eol = first.indexOf(0x0d, 6);
-  if (eol < 0) return null;
-  const keyEnd = first.indexOf(0x20, 6);
-  const flagsEnd = first.indexOf(0x20, keyEnd + 1);
-  let bytesEnd = first.indexOf(0x20, flagsEnd + 1);
-  if (bytesEnd < 0 || bytesEnd > eol) bytesEnd = eol;
-  const flags = Number(first.toString('latin1', keyEnd + 1, flagsEnd));
-  const bytes = Number(first.toString('latin1', flagsEnd + 1, bytesEnd));
-  const cas = bytesEnd < eol ? BigInt(first.toString('latin1', bytesEnd + 1, eol)) : 0n;
-  const at = eol + 2;
-  let value: Buffer | null = null;
-  if (first.length >= at + bytes) value = first.subarray(at, at + bytes);
-  else if (!Buffer.isBuffer(out) && out.length > 1) value = out[1]!.subarray(0, bytes);
-  if (value === null || value.length !== bytes) return null;
-  return { flags, cas, value };
 }
 
 /**
@@ -410,32 +388,25 @@ function errorStatus(first: string): { status: number; text?: string } | null {
 }
 
 /**
- * `stats` as binary stat packets: one per STAT line, then an empty one. A
- * group key is answered as memcached answers it (its own stats are per node,
- * so msproxy's are empty).
+ * `stats` (with or without a group) as binary stat packets: one per STAT
+ * line, then an empty one.
  */
 export function binaryStats(o: BinaryOrigin, out: Out): Buffer {
   const head = { opcode: o.opcode, status: Status.OK, opaque: o.opaque };
-  const end = response(head);
-  const group = o.key.toString('latin1');
-  if (group.length > 0) {
-    const known =
-      group.startsWith('reset') ||
-      group.startsWith('settings') ||
-      group === 'detail on' ||
-      group === 'detail off' ||
-      group === 'detail dump' ||
-      ['items', 'slabs', 'sizes', 'sizes_enable', 'sizes_disable'].includes(group);
-    return known ? end : errorResponse(o.opcode, o.opaque, Status.KEY_ENOENT);
-  }
+  const text = flat(out).toString('latin1');
   const packets: Buffer[] = [];
-  for (const l of flat(out).toString('latin1').split('\r\n')) {
+  if (o.key.toString('latin1') === 'detail dump') {
+    // memcached sends the dump (its text, END included) as one stat named "detailed".
+    packets.push(response(head, null, DETAILED, Buffer.from(text, 'latin1')));
+  }
+  for (const l of text.split('\r\n')) {
     if (!l.startsWith('STAT ')) continue;
     const sp = l.indexOf(' ', 5);
     const name = l.slice(5, sp < 0 ? l.length : sp);
     const value = sp < 0 ? '' : l.slice(sp + 1);
     packets.push(response(head, null, Buffer.from(name, 'latin1'), Buffer.from(value, 'latin1')));
   }
-  packets.push(end);
+  // memcached's sizes_enable and sizes_disable answer their one STAT line with no END.
+  if (!text.startsWith('STAT ') || text.endsWith('END\r\n')) packets.push(response(head));
   return Buffer.concat(packets);
 }

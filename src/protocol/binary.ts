@@ -13,6 +13,7 @@
  * What a packet means (its command) is decided in binary-command.ts.
  */
 
+import { SLAB_PIECE_MAX, slabAlloc } from '../net/slab.js';
 import { ProtocolError } from './request.js';
 
 export const REQUEST_MAGIC = 0x80;
@@ -195,18 +196,37 @@ export function response(
 }
 
 /**
- * A response as two pieces: header, extras and key in one buffer, and the
- * value as it is (a view is not copied).
+ * A get's hit: header, the flags as extras, the key for getk, and the value
+ * (copied in, or as a second piece when large).
  */
-export function responseParts(
-  head: ResponseHead,
-  extras: Buffer | null,
+export function itemResponse(
+  opcode: number,
+  opaque: number,
+  cas: bigint,
+  flags: number,
   key: Buffer | null,
   value: Buffer,
-): Buffer[] {
-  const front = response(head, extras, key);
-  front.writeUInt32BE(front.length - HEADER_LENGTH + value.length, 8);
-  return [front, value];
+): Buffer | Buffer[] {
+  const kl = key?.length ?? 0;
+  const vl = value.length;
+  const front = HEADER_LENGTH + 4 + kl;
+  // One piece costs less to write than two; a larger value stays a view, the second piece.
+  const copy = front + vl <= SLAB_PIECE_MAX;
+  const out = copy ? slabAlloc(front + vl) : Buffer.allocUnsafe(front);
+  out[0] = RESPONSE_MAGIC;
+  out[1] = opcode;
+  out.writeUInt16BE(kl, 2);
+  out[4] = 4;
+  out[5] = 0;
+  out.writeUInt16BE(Status.OK, 6);
+  out.writeUInt32BE(4 + kl + vl, 8);
+  out.writeUInt32BE(opaque >>> 0, 12);
+  out.writeBigUInt64BE(cas, 16);
+  out.writeUInt32BE(flags >>> 0, HEADER_LENGTH);
+  if (key !== null) key.copy(out, HEADER_LENGTH + 4);
+  if (!copy) return [out, value];
+  value.copy(out, front);
+  return out;
 }
 
 /** An error response with memcached's text for `status` (or `text`) as its body. */
@@ -364,7 +384,7 @@ export class BinaryParser {
       whole = this.take();
     }
     this.dispatch(whole, keyLength, extLength, bodyLength);
-    return pos;
+    return this.state === ST_VALUE ? this.valueFrom(chunk, pos) : pos;
   }
 
   /**
@@ -379,14 +399,7 @@ export class BinaryParser {
       close: boolean,
       swallow = 0,
       unlink: Buffer | null = null,
-    ): void => {
-      if (close) this.state = ST_CLOSED;
-      else if (swallow > 0) {
-        this.state = ST_SWALLOW;
-        this.need = swallow;
-      }
-      this.sink.onError(binaryError(opcode, opaque, status, close, unlink));
-    };
+    ): void => this.fail(opcode, opaque, status, close, swallow, unlink);
     if (keyLength > bodyLength || keyLength + extLength > bodyLength) {
       return fail(Status.UNKNOWN_COMMAND, true);
     }
@@ -400,8 +413,9 @@ export class BinaryParser {
       command,
       quiet: command !== opcode,
       opaque,
-      cas: h.readBigUInt64BE(16),
-      extras: h.subarray(HEADER_LENGTH, HEADER_LENGTH + extLength),
+      // Most requests carry no cas: no BigInt for them.
+      cas: h.readUInt32BE(16) === 0 && h.readUInt32BE(20) === 0 ? 0n : h.readBigUInt64BE(16),
+      extras: extLength === 0 ? EMPTY : h.subarray(HEADER_LENGTH, HEADER_LENGTH + extLength),
       key: h.subarray(HEADER_LENGTH + extLength, HEADER_LENGTH + extLength + keyLength),
       value: EMPTY,
     };
@@ -476,11 +490,46 @@ export class BinaryParser {
     // The packet's views are used before push() returns (see BinarySink).
     if (valueLength === 0) return this.sink.onPacket(packet);
     this.pending = packet;
-    // The key and extras stay valid while the value arrives: give them their own bytes.
-    packet.key = Buffer.from(packet.key);
-    packet.extras = Buffer.from(packet.extras);
     this.need = valueLength;
     this.state = ST_VALUE;
+  }
+
+  /** Answer a request with `status` and go on as memcached does: close, or skip its body. */
+  private fail(
+    opcode: number,
+    opaque: number,
+    status: number,
+    close: boolean,
+    swallow: number,
+    unlink: Buffer | null,
+  ): void {
+    if (close) this.state = ST_CLOSED;
+    else if (swallow > 0) {
+      this.state = ST_SWALLOW;
+      this.need = swallow;
+    }
+    this.sink.onError(binaryError(opcode, opaque, status, close, unlink));
+  }
+
+  /**
+   * After a header that expects a value: the packet at once when its whole
+   * value is in `chunk` at `pos` (views, used before push() returns), else
+   * its key and extras get their own bytes while the value arrives.
+   */
+  private valueFrom(chunk: Buffer, pos: number): number {
+    const p = this.pending!;
+    if (this.partsLength === 0 && chunk.length - pos >= this.need) {
+      const end = pos + this.need;
+      p.value = chunk.subarray(pos, end);
+      this.pending = null;
+      this.need = 0;
+      this.state = ST_HEADER;
+      this.sink.onPacket(p);
+      return end;
+    }
+    p.key = Buffer.from(p.key);
+    p.extras = Buffer.from(p.extras);
+    return pos;
   }
 
   /** Whether an item of this key and value fits memcached's -I (its own accounting). */

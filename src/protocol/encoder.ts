@@ -7,6 +7,7 @@
 
 import { encodeKey } from './base64.js';
 import type { Value } from './response-parser.js';
+import type { Hit } from './result.js';
 
 const CRLF = Buffer.from('\r\n');
 
@@ -68,6 +69,19 @@ export function encodeValues(values: readonly (Value | null)[]): Buffer[] {
   for (const v of values) if (v !== null) out.push(v.raw);
   out.push(R.END);
   return out;
+}
+
+/** A VALUE block with `token` as its cas: a new header line, then the block's data as received. */
+export function encodeValueWithCas(v: Value, token: bigint): Buffer[] {
+  const head = `VALUE ${v.key.toString('latin1')} ${v.flags} ${v.bytes} ${token}\r\n`;
+  return [Buffer.from(head, 'latin1'), v.raw.subarray(v.dataOffset)];
+}
+
+/** A hit as a text get/gets reply: the node's reply as it came, unless the cas token differs. */
+export function encodeHit(h: Hit): Buffer | Buffer[] {
+  const v = h.value;
+  if (h.token !== undefined && h.token !== v.cas) return [...encodeValueWithCas(v, h.token), R.END];
+  return h.reply.length > 0 ? h.reply : [v.raw, R.END];
 }
 
 /** A VALUE block built from parts (for replies the proxy assembles itself). */

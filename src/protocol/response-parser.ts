@@ -337,10 +337,10 @@ export class ResponseParser {
   private headerLength = 0;
 
   /**
-   * The common get reply, whole in `chunk` at `pos`: VALUE blocks without
-   * cas, then END. Completes it and returns where it ends, or returns 0 (and
+   * The common get or gets reply, whole in `chunk` at `pos`: VALUE blocks,
+   * then END. Completes it and returns where it ends, or returns 0 (and
    * consumes nothing) to leave anything else (a split or malformed reply, an
-   * error, cas) to the general path, which gives the same result for these.
+   * error) to the general path, which gives the same result for these.
    * Why: the general path costs two line searches, three header searches
    * and three views per value, and this reply is most of what msproxy reads.
    */
@@ -385,15 +385,25 @@ export class ResponseParser {
     if (flags === undefined) return null;
     const b0 = i + 1;
     i = digitsEnd(chunk, b0, Math.min(len, b0 + 10));
-    if (i === b0 || i + 1 >= len || chunk[i] !== 0x0d || chunk[i + 1] !== 0x0a) return null;
+    if (i === b0 || i >= len) return null;
     const bytes = parseLength(chunk, b0, i);
     if (bytes > this.maxValue) return null;
+    let cas: bigint | undefined;
+    if (chunk[i] === 0x20) {
+      // gets: the cas unique, as parseValueHeader reads it.
+      const c0 = i + 1;
+      i = digitsEnd(chunk, c0, Math.min(len, c0 + 20));
+      if (i === c0) return null;
+      cas = parseU64(chunk, c0, i);
+      if (cas === undefined) return null;
+    }
+    if (i + 1 >= len || chunk[i] !== 0x0d || chunk[i + 1] !== 0x0a) return null;
     const header = i + 2 - pos;
     if (header - 2 > this.maxLine) return null; // the general path ends the stream for it
     const dataEnd = i + 2 + bytes;
     if (dataEnd + 2 > len || chunk[dataEnd] !== 0x0d || chunk[dataEnd + 1] !== 0x0a) return null;
     const raw = chunk.subarray(pos, dataEnd + 2);
-    return new Value(raw, k1 - pos - 6, flags, header, bytes, undefined);
+    return new Value(raw, k1 - pos - 6, flags, header, bytes, cas);
   }
 
   private stash(b: Buffer): void {

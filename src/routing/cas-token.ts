@@ -9,6 +9,8 @@
  * pass through unchanged.
  */
 
+import { encodeValueWithCas } from '../protocol/encoder.js';
+import { parseU64 } from '../protocol/numbers.js';
 import type { Reply, Value } from '../protocol/response-parser.js';
 
 const NODE_SHIFT = 56n;
@@ -18,6 +20,7 @@ const MASK = (1n << NODE_SHIFT) - 1n;
  * 2^64 writes to get there).
  */
 export const CAS_NEVER = (1n << 64n) - 1n;
+const C_FLAG = Buffer.from(' c');
 
 export class CasTokens {
   /** Whether tokens carry their node (more than one replica). */
@@ -47,25 +50,32 @@ export class CasTokens {
   /** A gets/gats VALUE block with its cas unique as `node`'s token. */
   value(v: Value, node: number): Buffer | Buffer[] {
     if (!this.encoding || v.cas === undefined) return v.raw;
-    const head = `VALUE ${v.key.toString('latin1')} ${v.flags} ${v.bytes} ${this.out(node, v.cas)}\r\n`;
-    return [Buffer.from(head, 'latin1'), v.raw.subarray(v.dataOffset)];
+    return encodeValueWithCas(v, this.out(node, v.cas));
   }
 
   /** A meta reply with its `c<cas>` return flag as `node`'s token. */
   meta(r: Reply, node: number): Buffer | Buffer[] {
     if (!this.encoding) return r.raw;
-    const parts = r.line.toString('latin1').split(' ');
-    let changed = false;
-    const from = parts[0] === 'VA' ? 2 : 1;
-    for (let i = from; i < parts.length; i++) {
-      const p = parts[i]!;
-      if (p[0] === 'c' && /^c\d+$/.test(p)) {
-        parts[i] = `c${this.out(node, BigInt(p.slice(1)))}`;
-        changed = true;
-      }
+    const line = r.line;
+    // The flags follow the status (and a VA's size, digits): ` c<digits>` can only be the cas.
+    let head = '';
+    let copied = 0;
+    let from = 0;
+    for (;;) {
+      const at = line.indexOf(C_FLAG, from);
+      if (at < 0) break;
+      const d0 = at + 2;
+      let d1 = d0;
+      while (d1 < line.length && line[d1]! >= 0x30 && line[d1]! <= 0x39) d1++;
+      from = d0;
+      if (d1 === d0 || (d1 < line.length && line[d1] !== 0x20)) continue;
+      const cas = parseU64(line, d0, d1);
+      if (cas === undefined) continue;
+      head += line.toString('latin1', copied, d0) + String(this.out(node, cas));
+      copied = d1;
     }
-    if (!changed) return r.raw;
-    const head = Buffer.from(parts.join(' ') + '\r\n', 'latin1');
-    return r.bytes < 0 ? head : [head, r.raw.subarray(r.dataOffset)];
+    if (copied === 0) return r.raw;
+    const out = Buffer.from(head + line.toString('latin1', copied) + '\r\n', 'latin1');
+    return r.bytes < 0 ? out : [out, r.raw.subarray(r.dataOffset)];
   }
 }

@@ -1,10 +1,10 @@
 /**
  * Commands about the proxy or every node rather than a key: flush_all goes
  * to every node that is up (a node that misses it is flushed when it
- * rejoins); stats answers msproxy's own counters.
+ * rejoins); stats answers msproxy's own counters and settings.
  */
 
-import { R, encodeStats } from '../protocol/encoder.js';
+import { R, encodeLine, encodeStats } from '../protocol/encoder.js';
 import type { Request } from '../protocol/request.js';
 import { EXPECT_LINE, equals } from '../protocol/response-parser.js';
 import { isReply } from './reply-rules.js';
@@ -18,7 +18,17 @@ export interface StatsIdentity {
   /** This process's worker index, and how many there are. */
   worker?: number;
   workers?: number;
+  /** What `stats settings` lists: msproxy's own settings, in memcached's names where one fits. */
+  settings?: () => readonly (readonly [string, string | number])[];
 }
+
+/**
+ * `stats` groups memcached knows that describe one node's memory (items,
+ * slabs, extstore, cachedump) or connections: a proxy-wide list would mean nothing, so
+ * they answer an empty one (ask the nodes themselves).
+ */
+const NODE_GROUPS = new Set(['items', 'slabs', 'conns', 'extstore', 'cachedump']);
+const SIZES_DISABLED = encodeLine('STAT sizes_status disabled');
 
 /** flush_all: every node that is up (the session orders it with the client's other commands). */
 export function flushAll(
@@ -48,8 +58,11 @@ export function statsReply(ctx: RouteContext, req: Request, id: StatsIdentity): 
   const sub = req.args[0]?.toString('latin1');
   if (sub === 'reset') return R.RESET;
   if (sub === 'detail') return req.args[1]?.toString('latin1') === 'dump' ? R.END : R.OK;
-  // Per-node sub-commands (settings, items, slabs, ...) have no proxy-wide meaning: empty list.
-  if (sub !== undefined) return R.END;
+  if (sub === 'settings') return encodeStats(id.settings?.() ?? []);
+  // msproxy keeps no item size histogram; memcached ends this one without END.
+  if (sub === 'sizes_enable' || sub === 'sizes_disable') return SIZES_DISABLED;
+  if (sub === 'sizes') return encodeStats([['sizes_status', 'disabled']]);
+  if (sub !== undefined) return NODE_GROUPS.has(sub) ? R.END : R.ERROR;
   const s = ctx.stats;
   const now = Date.now();
   const rows: [string, string | number][] = [

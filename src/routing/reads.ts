@@ -21,6 +21,7 @@
 import { DISTRUSTED } from '../errors.js';
 import { R, encodeTouch } from '../protocol/encoder.js';
 import type { Request } from '../protocol/request.js';
+import { Hit } from '../protocol/result.js';
 import { EXPECT_LINE, EXPECT_VALUES, type Reply } from '../protocol/response-parser.js';
 import { type Item, readItem } from './item.js';
 import { READ, Ticket } from './key-order.js';
@@ -85,15 +86,9 @@ function readOneRun(ctx: RouteContext, req: Request, hash: number, done: Done): 
         err = DISTRUSTED;
       } else if (v !== undefined && values.length === 1 && v.keyIs(key)) {
         ctx.stats.getHits++;
-        let out: Out;
-        if (req.cmd === 'gets' && ctx.cas.encoding) {
-          const rewritten = ctx.cas.value(v, node);
-          out = Buffer.isBuffer(rewritten) ? [rewritten, R.END] : [...rewritten, R.END];
-        } else {
-          out = r!.raw.length > 0 ? r!.raw : [v.raw, R.END];
-        }
+        const token = v.cas === undefined ? undefined : ctx.cas.out(node, v.cas);
         ctx.order.release(READ, hash);
-        return done(out);
+        return done(new Hit(r!.raw, v, token));
       }
     }
     const release = (out: Out): void => {
@@ -141,7 +136,7 @@ class Read {
   private readonly ctx: RouteContext;
   private readonly req: Request;
   private readonly hashes: readonly number[];
-  private readonly done: Done;
+  private readonly done: (out: Out) => void;
   private readonly meta: boolean;
   private readonly withCas: boolean;
   private readonly routes: Route[];
@@ -160,7 +155,7 @@ class Read {
     ctx: RouteContext,
     req: Request,
     hashes: readonly number[],
-    done: Done,
+    done: (out: Out) => void,
     route?: Route,
   ) {
     this.ctx = ctx;

@@ -9,6 +9,7 @@ import type { BackendNode } from '../backend/node.js';
 import type { BackendError } from '../errors.js';
 import { serverError } from '../protocol/encoder.js';
 import type { Request } from '../protocol/request.js';
+import type { Out, Result } from '../protocol/result.js';
 import {
   EXPECT_LINE,
   EXPECT_QUIET,
@@ -25,8 +26,9 @@ import type { Recovery } from './recovery.js';
 import { type ReplyOrErr, metaMiss } from './reply-rules.js';
 import type { Ring } from './ring.js';
 
-export type Out = Buffer | Buffer[] | null;
-export type Done = (out: Out) => void;
+export type { Out } from '../protocol/result.js';
+/** How a route answers: text reply bytes, or a single-key hit the client's protocol encodes. */
+export type Done = (out: Result) => void;
 /** Nodes to use for a key, in order; may be shared with the ring: never changed. */
 export type Route = Uint16Array;
 

@@ -75,6 +75,7 @@ export class Proxy {
         proxyVersion: VERSION,
         worker: group.worker,
         workers: config.workers,
+        settings: () => this.settings(),
       },
       this.stats,
     );
@@ -116,6 +117,31 @@ export class Proxy {
       users: this.config.users,
     });
     this.sessions.set(socket, session);
+  }
+
+  /** `stats settings`: memcached's names for what msproxy has of its own, then msproxy's. */
+  private settings(): [string, string | number][] {
+    const c = this.config;
+    const bound = this.server.address() as net.AddressInfo | null;
+    const auth = c.users !== null ? 'yes' : 'no';
+    return [
+      ['maxconns', c.limits.maxClients],
+      ['tcpport', bound?.port ?? c.listen.port],
+      ['udpport', 0],
+      ['inter', c.listen.host],
+      ['num_threads', c.workers],
+      ['cas_enabled', 'yes'],
+      ['binding_protocol', 'auto-negotiate'],
+      ['auth_enabled_sasl', auth],
+      ['auth_enabled_ascii', auth],
+      ['item_size_max', c.limits.itemSizeMax],
+      ['flush_enabled', 'yes'],
+      ['proxy_replicas', c.replicas],
+      ['proxy_ack_mode', c.ackMode],
+      ['proxy_nodes', c.nodes.length],
+      ['proxy_max_inflight', c.limits.maxInflight],
+      ['proxy_request_timeout_ms', c.timeouts.requestMs],
+    ];
   }
 
   /** The bound address (useful with port 0). */

@@ -32,9 +32,11 @@ import {
   errorResponse,
   response,
 } from '../protocol/binary.js';
-import { BinaryCommands, binaryReply, binaryStats } from '../protocol/binary-command.js';
+import { BinaryCommands, binaryHit, binaryReply, binaryStats } from '../protocol/binary-command.js';
+import { encodeHit } from '../protocol/encoder.js';
 import { RequestParser } from '../protocol/request-parser.js';
 import { ProtocolError, type Request } from '../protocol/request.js';
+import { Hit, type Result } from '../protocol/result.js';
 import type { Stats } from '../stats.js';
 import { TurnQueue } from '../turn-queue.js';
 
@@ -90,8 +92,9 @@ interface Parser {
 }
 
 /** The reply to send for `req`: as the route made it (text), or encoded for a binary client. */
-function encoded(req: Request, out: Out): Out {
+function encoded(req: Request, out: Result): Out {
   const b = req.binary;
+  if (out instanceof Hit) return b === null ? encodeHit(out) : binaryHit(b, out);
   if (b === null) return out;
   return b.command === Op.STAT ? binaryStats(b, out) : binaryReply(b, out);
 }

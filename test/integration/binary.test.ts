@@ -218,6 +218,52 @@ describe('binary protocol', function () {
       );
     });
 
+    it("stat groups: settings are msproxy's own, per-node groups are empty, others not found", async function () {
+      await same('an unknown group', [{ opcode: Op.STAT, key: 'bogus', opaque: 1 }], 1);
+      // Groups whose answer does not depend on the items stored: as memcached answers them.
+      for (const group of ['detail on', 'detail off', 'detail dump', 'conns', 'cachedump 1 1']) {
+        const ask = request({ opcode: Op.STAT, key: group, opaque: 3 });
+        const [a, b] = await Promise.all([
+          exchange(lone.port, ask, { expect: 1 }),
+          exchange(c.port, ask, { expect: 1 }),
+        ]);
+        expect(shown(b.packets), group).to.deep.equal(shown(a.packets));
+      }
+      const stat = async (group: string): Promise<Response[]> =>
+        (await exchange(c.port, request({ opcode: Op.STAT, key: group, opaque: 9 }), { expect: 1 }))
+          .packets;
+      const settings = await stat('settings');
+      const rows = new Map(settings.map((r) => [r.key.toString(), r.value.toString()]));
+      expect(settings.at(-1)!.key.length, 'ends with an empty packet').to.equal(0);
+      expect(settings.every((r) => r.status === 0 && r.opaque === 9)).to.equal(true);
+      expect(rows.get('tcpport')).to.equal(String(c.port));
+      expect(rows.get('binding_protocol')).to.equal('auto-negotiate');
+      expect(rows.get('item_size_max')).to.equal(String(1024 * 1024));
+      expect(rows.get('proxy_replicas')).to.equal('2');
+      // Every name not msproxy's own is one memcached uses for the same setting.
+      const theirs = new Set(
+        (
+          await exchange(lone.port, request({ opcode: Op.STAT, key: 'settings' }), { expect: 1 })
+        ).packets.map((r) => r.key.toString()),
+      );
+      for (const name of rows.keys()) {
+        if (name !== '' && !name.startsWith('proxy_')) expect(theirs, name).to.include(name);
+      }
+      for (const group of ['items', 'slabs', 'detail on', 'reset']) {
+        expect(shown(await stat(group)), group).to.deep.equal([
+          'op=10 st=0 opq=9 ext= key="" val=""',
+        ]);
+      }
+      expect(shown(await stat('sizes'))).to.deep.equal([
+        'op=10 st=0 opq=9 ext= key="sizes_status" val="disabled"',
+        'op=10 st=0 opq=9 ext= key="" val=""',
+      ]);
+      // No size histogram to turn on; memcached sends this one with no empty packet after it.
+      expect(shown(await stat('sizes_enable'))).to.deep.equal([
+        'op=10 st=0 opq=9 ext= key="sizes_status" val="disabled"',
+      ]);
+    });
+
     it('malformed requests: the same answer, and the connection closes where memcached closes it', async function () {
       const noop = request({ opcode: Op.NOOP, opaque: 77 });
       await same(

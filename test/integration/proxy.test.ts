@@ -225,6 +225,26 @@ describe('proxy: classic commands answer as memcached does', function () {
     expect(lines).to.include(`STAT proxy_version ${VERSION}`);
   });
 
+  it("stats groups: settings are msproxy's own; the rest answer as memcached does", async function () {
+    for (const cmd of ['stats bogus', 'stats detail on', 'stats detail off', 'stats reset']) {
+      const [a, b] = await both(`${cmd}\r\n`);
+      expect(b, cmd).to.equal(a);
+    }
+    // Per-node groups are empty through msproxy (ask the nodes).
+    expect(await p.command('stats items')).to.equal('END\r\n');
+    expect(await p.command('stats slabs')).to.equal('END\r\n');
+    expect(await p.command('stats sizes')).to.equal('STAT sizes_status disabled\r\nEND\r\n');
+    const lines = (await p.command('stats settings')).split('\r\n');
+    expect(lines.slice(-2)).to.deep.equal(['END', '']);
+    const rows = new Map(lines.slice(0, -2).map((l) => [l.split(' ')[1]!, l.split(' ')[2]!]));
+    expect(rows.get('tcpport')).to.equal(String(c.port));
+    expect(rows.get('maxconns')).to.equal('10000');
+    const theirs = (await d.command('stats settings')).split('\r\n').map((l) => l.split(' ')[1]);
+    for (const name of rows.keys()) {
+      if (!name.startsWith('proxy_')) expect(theirs, name).to.include(name);
+    }
+  });
+
   it('verbosity and flush_all', async function () {
     // One step at a time: flush_all pipelined with other commands is the ordering suite's subject.
     const steps = [

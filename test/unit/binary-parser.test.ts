@@ -53,7 +53,8 @@ describe('BinaryParser', function () {
         extras: setExtras(7, 100),
         value: 'hello',
         opaque: 2,
-        cas: 9n,
+        // Both halves of the cas field.
+        cas: (1n << 56n) + 9n,
       }),
       request({
         opcode: Op.INCREMENT,
@@ -71,7 +72,7 @@ describe('BinaryParser', function () {
     const events = parse([stream]);
     expect(events).to.have.length(9);
     expect(events[1]).to.equal(
-      `packet op=${Op.SETQ} cmd=${Op.SET} q=true opq=2 cas=9 ext=${setExtras(7, 100).toString('hex')}` +
+      `packet op=${Op.SETQ} cmd=${Op.SET} q=true opq=2 cas=${(1n << 56n) + 9n} ext=${setExtras(7, 100).toString('hex')}` +
         ` key=${Buffer.from('k2').toString('hex')} val=${Buffer.from('hello').toString('hex')}`,
     );
     expect(events[8]).to.contain(`key=${Buffer.from('a b\r\n').toString('hex')}`);

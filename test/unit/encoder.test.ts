@@ -5,6 +5,7 @@ import {
   encodeLine,
   encodeMeta,
   encodeMetaSet,
+  encodeHit,
   encodeStats,
   encodeValue,
   encodeValues,
@@ -13,7 +14,10 @@ import {
   R,
   serverError,
 } from '../../src/protocol/encoder.js';
+import { itemResponse } from '../../src/protocol/binary.js';
 import { EXPECT_LINES, EXPECT_VALUES, type Value } from '../../src/protocol/response-parser.js';
+import { Hit } from '../../src/protocol/result.js';
+import { responses } from '../helpers/binary.js';
 import { bytes, parseRequests, recordReplies, recordRequests } from '../helpers/split.js';
 
 const s = (b: Buffer): string => b.toString('latin1');
@@ -232,5 +236,48 @@ describe('encoder: meta commands', () => {
     expect(events).to.have.length(1);
     expect(events[0]).to.include({ cmd: 'mg' });
     expect((events[0] as { keys: string[] }).keys).to.deep.equal(['k'.repeat(250)]);
+  });
+});
+
+describe('encoder: a single-key hit in each protocol', () => {
+  const wire = 'VALUE k 7 5 42\r\nhello\r\nEND\r\n';
+  const v = (): Value => parseValues(wire)[0]!;
+  const flat = (out: Buffer | Buffer[]): string =>
+    s(Buffer.isBuffer(out) ? out : Buffer.concat(out));
+
+  it('text: the node reply as it came when the token is its cas, else a new VALUE line', () => {
+    const reply = bytes(wire);
+    expect(encodeHit(new Hit(reply, v(), 42n))).to.equal(reply);
+    expect(encodeHit(new Hit(reply, v(), undefined))).to.equal(reply);
+    expect(flat(encodeHit(new Hit(reply, v(), 1n << 56n)))).to.equal(
+      `VALUE k 7 5 ${1n << 56n}\r\nhello\r\nEND\r\n`,
+    );
+    // A reply that came in pieces is rebuilt from the value.
+    expect(flat(encodeHit(new Hit(Buffer.alloc(0), v(), undefined)))).to.equal(wire);
+  });
+
+  it('binary: header, flags, key for getk, value; large values as a second piece', () => {
+    for (const size of [5, 20000]) {
+      const value = Buffer.alloc(size, 0x61);
+      for (const key of [null, Buffer.from('kk')]) {
+        const out = itemResponse(0x0c, 77, (3n << 56n) | 9n, 0xfffffffe, key, value);
+        expect(Buffer.isBuffer(out), `size ${size}`).to.equal(size < 1000);
+        const bytesOut = Buffer.isBuffer(out) ? out : Buffer.concat(out);
+        const { packets, rest } = responses(bytesOut);
+        expect(rest.length).to.equal(0);
+        expect(packets).to.have.length(1);
+        const p = packets[0]!;
+        expect([p.magic, p.opcode, p.status, p.opaque, p.cas]).to.deep.equal([
+          0x81,
+          0x0c,
+          0,
+          77,
+          (3n << 56n) | 9n,
+        ]);
+        expect(p.extras.readUInt32BE(0)).to.equal(0xfffffffe);
+        expect(s(p.key)).to.equal(key === null ? '' : 'kk');
+        expect(p.value.equals(value)).to.equal(true);
+      }
+    }
   });
 });

@@ -382,6 +382,9 @@ describe('ResponseParser: desync', () => {
       ['negative length', 'VALUE k 0 -1\r\n'],
       ['an empty length', 'VALUE k 0 \r\n'],
       ['bad cas', 'VALUE k 0 1 x\r\nx\r\n'],
+      ['a cas with a trailing letter', 'VALUE k 0 1 12x\r\nx\r\n'],
+      ['an empty cas', 'VALUE k 0 1 \r\nx\r\n'],
+      ['a cas over 2^64 - 1', 'VALUE k 0 1 18446744073709551616\r\nx\r\nEND\r\n'],
       ['a length over maxValue', 'VALUE k 0 1001\r\n'],
     ].map(([what, input]) => ({
       name: `malformed VALUE header: ${what}`,

@@ -141,6 +141,10 @@ describe('cas tokens', function () {
     expect((hd as Buffer).toString('latin1')).to.equal(`HD c${tokens.out(0, 7n)} Oabc\r\n`);
     const plain = reply('HD Oc1\r\n');
     expect(tokens.meta(plain, 0), 'an opaque that starts with c is not a cas').to.equal(plain.raw);
+    const last = tokens.meta(reply('HD t-1 c12\r\n'), 2);
+    expect((last as Buffer).toString('latin1')).to.equal(`HD t-1 c${tokens.out(2, 12n)}\r\n`);
+    const notDigits = reply('HD c12x kc3\r\n');
+    expect(tokens.meta(notDigits, 0), 'c followed by more than digits').to.equal(notDigits.raw);
   });
 });
 

@@ -31,4 +31,10 @@ export class Stats {
   unavailable = 0;
   backendTimeouts = 0;
   backendErrors = 0;
+
+  /** `stats reset`: every counter back to 0, as memcached does; gauges (connections now) stay. */
+  reset(): void {
+    const current = this.currConnections;
+    Object.assign(this, new Stats(), { startedAt: this.startedAt, currConnections: current });
+  }
 }

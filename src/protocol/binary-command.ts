@@ -24,6 +24,7 @@ const TTL_MAX = 0x7fffffff;
 const NO_VIVIFY = 0xffffffff;
 const EMPTY = Buffer.alloc(0);
 const DETAILED = Buffer.from('detailed');
+const GETS = Buffer.from('gets ');
 
 /** Whether a key can be a classic text token as it is (printable ASCII, no space). */
 function printable(key: Buffer): boolean {
@@ -131,7 +132,7 @@ export class BinaryCommands {
   private gets(p: BinaryPacket): Request {
     const k = p.key;
     const raw = Buffer.allocUnsafe(k.length + 7);
-    raw.write('gets ', 0, 'latin1');
+    GETS.copy(raw, 0);
     k.copy(raw, 5);
     raw[raw.length - 2] = 0x0d;
     raw[raw.length - 1] = 0x0a;

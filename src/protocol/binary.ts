@@ -360,13 +360,15 @@ export class BinaryParser {
       this.stash(chunk.subarray(pos));
       return chunk.length;
     }
+    // The header's fields, read in place when it is whole in this chunk.
     const head =
       this.partsLength === 0
-        ? chunk.subarray(pos, pos + HEADER_LENGTH)
+        ? chunk
         : Buffer.concat([...this.parts, chunk.subarray(pos, pos + HEADER_LENGTH)]);
-    const keyLength = head.readUInt16BE(2);
-    const extLength = head[4]!;
-    const bodyLength = head.readUInt32BE(8);
+    const at = this.partsLength === 0 ? pos : 0;
+    const keyLength = head.readUInt16BE(at + 2);
+    const extLength = head[at + 4]!;
+    const bodyLength = head.readUInt32BE(at + 8);
     // memcached reads the extras and key before it looks at the request.
     const prefix = HEADER_LENGTH + extLength + keyLength;
     if (avail < prefix) {
@@ -394,20 +396,14 @@ export class BinaryParser {
   private dispatch(h: Buffer, keyLength: number, extLength: number, bodyLength: number): void {
     const opcode = h[1]!;
     const opaque = h.readUInt32BE(12);
-    const fail = (
-      status: number,
-      close: boolean,
-      swallow = 0,
-      unlink: Buffer | null = null,
-    ): void => this.fail(opcode, opaque, status, close, swallow, unlink);
     if (keyLength > bodyLength || keyLength + extLength > bodyLength) {
-      return fail(Status.UNKNOWN_COMMAND, true);
+      return this.fail(opcode, opaque, Status.UNKNOWN_COMMAND, true, 0, null);
     }
     const command = QUIET_OF[opcode] ?? opcode;
     if (this.sasl && !this.authenticated() && !OPEN_BEFORE_AUTH.has(command)) {
-      return fail(Status.AUTH_ERROR, true);
+      return this.fail(opcode, opaque, Status.AUTH_ERROR, true, 0, null);
     }
-    if (keyLength > KEY_MAX) return fail(Status.EINVAL, true);
+    if (keyLength > KEY_MAX) return this.fail(opcode, opaque, Status.EINVAL, true, 0, null);
     const packet: BinaryPacket = {
       opcode,
       command,
@@ -467,13 +463,21 @@ export class BinaryParser {
         break;
       default:
         // Unknown: memcached skips `bodyLength` bytes after the extras and key it already read.
-        return fail(Status.UNKNOWN_COMMAND, false, bodyLength);
+        return this.fail(opcode, opaque, Status.UNKNOWN_COMMAND, false, bodyLength, null);
     }
-    if (!valid) return fail(Status.EINVAL, true);
+    if (!valid) return this.fail(opcode, opaque, Status.EINVAL, true, 0, null);
     if (command === Op.SASL_LIST_MECHS || command === Op.SASL_AUTH || command === Op.SASL_STEP) {
-      if (!this.sasl) return fail(Status.UNKNOWN_COMMAND, false, bodyLength - keyLength);
+      if (!this.sasl)
+        return this.fail(
+          opcode,
+          opaque,
+          Status.UNKNOWN_COMMAND,
+          false,
+          bodyLength - keyLength,
+          null,
+        );
       if (command !== Op.SASL_LIST_MECHS && keyLength > SASL_MECH_MAX) {
-        return fail(Status.EINVAL, false, valueLength);
+        return this.fail(opcode, opaque, Status.EINVAL, false, valueLength, null);
       }
     }
     if (
@@ -482,10 +486,10 @@ export class BinaryParser {
     ) {
       // memcached drops the old value of a set it cannot store, so it is never read back.
       const unlink = command === Op.SET ? Buffer.from(packet.key) : null;
-      return fail(Status.E2BIG, false, valueLength, unlink);
+      return this.fail(opcode, opaque, Status.E2BIG, false, valueLength, unlink);
     }
     if ((command === Op.APPEND || command === Op.PREPEND) && !this.fits(keyLength, valueLength)) {
-      return fail(Status.E2BIG, false, valueLength);
+      return this.fail(opcode, opaque, Status.E2BIG, false, valueLength, null);
     }
     // The packet's views are used before push() returns (see BinarySink).
     if (valueLength === 0) return this.sink.onPacket(packet);

@@ -56,7 +56,10 @@ export function flushAll(
 
 export function statsReply(ctx: RouteContext, req: Request, id: StatsIdentity): Buffer {
   const sub = req.args[0]?.toString('latin1');
-  if (sub === 'reset') return R.RESET;
+  if (sub === 'reset') {
+    ctx.stats.reset();
+    return R.RESET;
+  }
   if (sub === 'detail') return req.args[1]?.toString('latin1') === 'dump' ? R.END : R.OK;
   if (sub === 'settings') return encodeStats(id.settings?.() ?? []);
   // msproxy keeps no item size histogram; memcached ends this one without END.

@@ -230,6 +230,11 @@ describe('proxy: classic commands answer as memcached does', function () {
       const [a, b] = await both(`${cmd}\r\n`);
       expect(b, cmd).to.equal(a);
     }
+    // reset zeroes the counters, as memcached does.
+    await p.command('get r:a r:b');
+    expect(await p.command('stats')).to.match(/\r\nSTAT cmd_get [1-9]\d*\r\n/);
+    expect(await p.command('stats reset')).to.equal('RESET\r\n');
+    expect(await p.command('stats')).to.contain('\r\nSTAT cmd_get 0\r\n');
     // Per-node groups are empty through msproxy (ask the nodes).
     expect(await p.command('stats items')).to.equal('END\r\n');
     expect(await p.command('stats slabs')).to.equal('END\r\n');

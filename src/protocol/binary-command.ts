@@ -13,8 +13,10 @@
  * and a quiet write's success are not sent; errors always are.
  */
 
+import { SLAB_PIECE_MAX, slabAlloc } from '../net/slab.js';
 import { encodeKey } from './base64.js';
 import { type BinaryPacket, Op, Status, errorResponse, itemResponse, response } from './binary.js';
+import { parseU64 } from './numbers.js';
 import { RequestParser } from './request-parser.js';
 import { type BinaryOrigin, ProtocolError, Request } from './request.js';
 import type { Hit, Out } from './result.js';
@@ -25,6 +27,7 @@ const NO_VIVIFY = 0xffffffff;
 const EMPTY = Buffer.alloc(0);
 const DETAILED = Buffer.from('detailed');
 const GETS = Buffer.from('gets ');
+const MS = Buffer.from('ms ');
 
 /** Whether a key can be a classic text token as it is (printable ASCII, no space). */
 function printable(key: Buffer): boolean {
@@ -100,7 +103,18 @@ export class BinaryCommands {
    * buffers may be views: what the Request keeps is copied here.
    */
   request(p: BinaryPacket): Request | ProtocolError {
-    if ((p.command === Op.GET || p.command === Op.GETK) && printable(p.key)) return this.gets(p);
+    const c = p.command;
+    if ((c === Op.GET || c === Op.GETK) && printable(p.key)) return this.gets(p);
+    if ((c === Op.SET || c === Op.ADD || c === Op.REPLACE) && printable(p.key)) return this.set(p);
+    return this.viaText(p);
+  }
+
+  /**
+   * The Request for `p` through the text command with its meaning: every
+   * packet's reference, which the direct builders (gets, set) match field
+   * for field (see the unit tests).
+   */
+  viaText(p: BinaryPacket): Request | ProtocolError {
     const text = this.text(p);
     if (text === null) {
       return new ProtocolError(
@@ -138,6 +152,55 @@ export class BinaryCommands {
     raw[raw.length - 1] = 0x0a;
     const req = new Request('gets', raw, raw.length);
     req.keys.push(raw.subarray(5, 5 + k.length));
+    req.binary = origin(p);
+    return req;
+  }
+
+  /**
+   * A set, add or replace of a printable key, the session write: the `ms`
+   * Request the text parser would make of `text(p)`, built directly (its
+   * bytes, key, flag tokens and values).
+   */
+  private set(p: BinaryPacket): Request {
+    const k = p.key;
+    const v = p.value;
+    const flags = p.extras.readUInt32BE(0);
+    const exp = ttl(p.extras.readUInt32BE(4));
+    // memcached stores any update with a cas as a cas (add and replace too).
+    const mode =
+      p.cas !== 0n ? '' : p.command === Op.ADD ? 'ME' : p.command === Op.REPLACE ? 'MR' : '';
+    const tokens = [`F${flags}`, `T${exp}`];
+    if (mode !== '') tokens.push(mode);
+    if (p.cas !== 0n) tokens.push(`C${p.cas}`);
+    tokens.push('c');
+    const tail = ` ${v.length} ${tokens.join(' ')}\r\n`;
+    const lineLength = 3 + k.length + tail.length;
+    const size = lineLength + v.length + 2;
+    const raw = size <= SLAB_PIECE_MAX ? slabAlloc(size) : Buffer.allocUnsafeSlow(size);
+    MS.copy(raw, 0);
+    k.copy(raw, 3);
+    raw.write(tail, 3 + k.length, 'latin1');
+    v.copy(raw, lineLength);
+    raw[size - 2] = 0x0d;
+    raw[size - 1] = 0x0a;
+    const req = new Request('ms', raw, lineLength);
+    const key = raw.subarray(3, 3 + k.length);
+    req.wireKeys = [key];
+    req.keys = [key];
+    req.args = [];
+    let at = 3 + k.length + 1 + String(v.length).length + 1;
+    for (const t of tokens) {
+      req.args.push(raw.subarray(at, at + t.length));
+      const c = t.charCodeAt(0);
+      if (c >= 0x61) req.lower |= 1 << (c - 0x61);
+      else req.upper |= 1 << (c - 0x41);
+      at += t.length + 1;
+    }
+    req.flags = flags;
+    req.exptime = exp;
+    if (mode !== '') req.mode = mode.charCodeAt(1);
+    req.cas = p.cas;
+    req.bytes = v.length;
     req.binary = origin(p);
     return req;
   }
@@ -226,7 +289,9 @@ function line(text: string): Buffer {
 }
 
 function store(head: string, value: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(head.length + 2 + value.length + 2);
+  // The command lives as long as its writes to the nodes: a slab piece, not a pool buffer each.
+  const size = head.length + 2 + value.length + 2;
+  const out = size <= SLAB_PIECE_MAX ? slabAlloc(size) : Buffer.allocUnsafeSlow(size);
   let at = out.write(head, 0, 'latin1');
   at += out.write('\r\n', at, 'latin1');
   at += value.copy(out, at);
@@ -240,6 +305,19 @@ function store(head: string, value: Buffer): Buffer {
 function flat(out: Out): Buffer {
   if (out === null) return EMPTY;
   return Buffer.isBuffer(out) ? out : Buffer.concat(out);
+}
+
+const STORES = new Set<number>([Op.SET, Op.ADD, Op.REPLACE, Op.APPEND, Op.PREPEND]);
+const C_FLAG = Buffer.from(' c');
+
+/** The `c` flag of a meta reply's first line, or 0 (digits only, as memcached writes it). */
+function casFlag(reply: Buffer): bigint {
+  const eol = reply.indexOf(0x0d);
+  const at = reply.indexOf(C_FLAG);
+  if (at < 0 || (eol >= 0 && at > eol)) return 0n;
+  let end = at + 2;
+  while (end < reply.length && reply[end]! >= 0x30 && reply[end]! <= 0x39) end++;
+  return parseU64(reply, at + 2, end) ?? 0n;
 }
 
 /**
@@ -278,6 +356,12 @@ export function binaryHit(o: BinaryOrigin, h: Hit): Buffer | Buffer[] {
  * reply its route produced (null: nothing to send).
  */
 export function binaryReply(o: BinaryOrigin, out: Out): Out {
+  if (Buffer.isBuffer(out) && STORES.has(o.command) && out[0] === 0x48 && out[1] === 0x44) {
+    // HD: the store happened (the common write), read in place.
+    return o.quiet
+      ? null
+      : response({ opcode: o.opcode, status: Status.OK, opaque: o.opaque, cas: casFlag(out) });
+  }
   const buf = flat(out);
   const eol = buf.indexOf('\r\n');
   const first = buf.toString('latin1', 0, eol < 0 ? buf.length : eol);

@@ -93,7 +93,7 @@ const STATUS_TEXT: Record<number, string> = {
 };
 
 /** The quiet opcodes and the loud ones they stand for. */
-const QUIET_OF: Record<number, number> = {
+export const QUIET_OF: Record<number, number> = {
   [Op.SETQ]: Op.SET,
   [Op.ADDQ]: Op.ADD,
   [Op.REPLACEQ]: Op.REPLACE,

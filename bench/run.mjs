@@ -8,7 +8,8 @@
  *
  * The proxies and their memcached nodes are pinned to core 0, the load
  * generator (bench/loadgen.c, built with gcc) to core 1. Each round runs every
- * target once, in a rotated order (A B C, B C A, C A B), so drift cancels out.
+ * workload, and each workload every target once, in a rotated order (A B C,
+ * B C A, C A B), so drift cancels out.
  * Reported per workload and target: median req/s, p50/p99 latency, CPU µs per
  * request of the proxy process (of memcached itself for direct), and ratios.
  * Then: p50 added over direct at a fixed 30k req/s, and msproxy's RSS with 10k
@@ -368,10 +369,12 @@ async function main() {
   /** The targets that run workload `w` (twemproxy speaks no binary to clients). */
   const runs = (w) => targets.filter((t) => !(BINARY_WORKLOADS.has(w) && t.name === 'twemproxy'));
   const results = {};
-  for (const w of WORKLOADS) {
-    const ts = runs(w);
-    results[w] = Object.fromEntries(ts.map((t) => [t.name, []]));
-    for (let r = 0; r < ROUNDS; r++) {
+  for (const w of WORKLOADS) results[w] = Object.fromEntries(runs(w).map((t) => [t.name, []]));
+  // Rounds outside, workloads inside: drift over the run falls on every workload alike, so
+  // ratios between workloads (bget90 / get90) compare like with like.
+  for (let r = 0; r < ROUNDS; r++) {
+    for (const w of WORKLOADS) {
+      const ts = runs(w);
       const order = ts.map((_, i) => ts[(i + r) % ts.length]);
       for (const t of order) {
         const cpu0 = treeCpu(t.pid);

@@ -8,10 +8,13 @@
  */
 
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+
+/** What pause() sleeps on between looks at the stopped process (1 ms at a time). */
+const PAUSE_WAIT = new Int32Array(new SharedArrayBuffer(4));
 
 export interface MemcachedOptions {
   /** Extra command line arguments, e.g. ['-I', '2m']. */
@@ -93,9 +96,29 @@ export class Memcached {
     clearTimeout(timer);
   }
 
-  /** Freeze the process (TCP stays open, nothing is answered). */
+  /**
+   * Freeze the process (TCP stays open, nothing is answered). Returns once every thread is
+   * stopped: a signal takes effect when each thread next runs, and on a loaded machine a
+   * worker thread could otherwise still answer a request sent right after.
+   */
   pause(): void {
     process.kill(this.pid, 'SIGSTOP');
+    const deadline = Date.now() + 2000;
+    while (!this.stopped() && Date.now() < deadline) Atomics.wait(PAUSE_WAIT, 0, 0, 1);
+  }
+
+  /** Whether every thread of the process is stopped (Linux /proc; true where it cannot tell). */
+  private stopped(): boolean {
+    try {
+      for (const t of readdirSync(`/proc/${this.pid}/task`)) {
+        const stat = readFileSync(`/proc/${this.pid}/task/${t}/stat`, 'latin1');
+        const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+        if (state !== 'T' && state !== 't') return false;
+      }
+      return true;
+    } catch {
+      return true;
+    }
   }
 
   resume(): void {

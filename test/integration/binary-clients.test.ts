@@ -10,13 +10,17 @@
  *   run against a lone memcached for the reference.
  * - pylibmc (libmemcached) with binary=True, and binary=False for contrast: the same script
  *   against msproxy and a lone memcached (test/fixtures/pylibmc-ops.py).
+ * - spymemcached (Java, Debian's libspymemcached-java), binary and text, and binary with SASL
+ *   PLAIN: the same calls against msproxy and a lone memcached (test/fixtures/SpyOps.java).
  *
  * Every client runs as its own process (or, for memjs, asynchronously in this one): the proxy
  * runs inside the mocha process, so nothing here may block the event loop.
  */
 
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
@@ -632,4 +636,82 @@ describe('binary clients: pylibmc (libmemcached), binary=True and binary=False',
       }
     });
   }
+});
+
+// ------------------------------------------------------------------ spymemcached
+
+const SPY_OPS = fileURLToPath(new URL('../fixtures/SpyOps.java', import.meta.url));
+const SPY_JAR = '/usr/share/java/spymemcached.jar';
+
+/** SpyOps.java's lines for one run, with its key prefix replaced by `#` (so runs compare). */
+async function spy(
+  port: number,
+  prefix: string,
+  protocol: string,
+  auth: string[] = [],
+): Promise<string[]> {
+  const r = await run(
+    'java',
+    ['-cp', SPY_JAR, SPY_OPS, String(port), prefix, protocol, ...auth],
+    60_000,
+  );
+  const detail = `spymemcached ${protocol}: exit ${r.code} ${r.signal ?? ''}\n${r.stdout}\n${r.stderr}`;
+  expect(r.code, detail).to.equal(0);
+  return r.stdout
+    .trim()
+    .split('\n')
+    .map((l) => l.split(prefix).join('#'));
+}
+
+describe('binary clients: spymemcached (Java), binary and text, and SASL PLAIN', function () {
+  this.timeout(120_000);
+  let c: Cluster;
+  let authed: Cluster;
+  let lone: Memcached;
+
+  before(async function () {
+    // Not a skip: CI installs a JDK and libspymemcached-java (.ci/run).
+    expect(existsSync(SPY_JAR), `${SPY_JAR} (apt-get install libspymemcached-java)`).to.equal(true);
+    const java = await run('java', ['-version']);
+    expect(java.code, `java (apt-get install default-jdk-headless)\n${java.stderr}`).to.equal(0);
+    const users = join(mkdtempSync(join(tmpdir(), 'msp-spy-')), 'users');
+    writeFileSync(users, 'spy:pass word\n');
+    [c, authed, lone] = await Promise.all([
+      startCluster({ nodes: 3, replicas: 2 }),
+      startCluster({ nodes: 2, replicas: 2, auth: { usersFile: users } }),
+      Memcached.start(),
+    ]);
+  });
+
+  after(async function () {
+    await Promise.all([c?.stop(), authed?.stop(), lone?.kill()]);
+  });
+
+  for (const protocol of ['binary', 'text']) {
+    it(`${protocol}: set/get/add/replace/append/prepend/gets+cas/incr/decr/getBulk/touch/gat/delete, as memcached answers`, async function () {
+      const binaryBefore = await proxyStat(c.port, 'proxy_binary_connections');
+      const [viaProxy, reference] = await Promise.all([
+        spy(c.port, `spy${protocol[0]}`, protocol),
+        spy(lone.port, `spy${protocol[0]}`, protocol),
+      ]);
+      expect(viaProxy).to.deep.equal(reference);
+      expect(viaProxy).to.include.members(['cas=OK', 'casStale=EXISTS', 'getBig=300000']);
+      expect(viaProxy).to.have.length(26);
+      const binaryAfter = await proxyStat(c.port, 'proxy_binary_connections');
+      if (protocol === 'binary') expect(binaryAfter - binaryBefore).to.be.at.least(1);
+      else expect(binaryAfter - binaryBefore).to.equal(0);
+    });
+  }
+
+  it('binary with SASL PLAIN: the same answers once authenticated, counted in auth_cmds', async function () {
+    // The proxy runs in this process; its text stats would need text auth first.
+    const authBefore = authed.proxy.stats.authCmds;
+    const [viaProxy, reference] = await Promise.all([
+      spy(authed.port, 'spya', 'binary', ['spy', 'pass word']),
+      spy(lone.port, 'spya', 'binary'),
+    ]);
+    expect(viaProxy).to.deep.equal(reference);
+    expect(authed.proxy.stats.authCmds).to.be.greaterThan(authBefore);
+    expect(authed.proxy.stats.authErrors).to.equal(0);
+  });
 });

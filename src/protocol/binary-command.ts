@@ -164,15 +164,7 @@ export class BinaryCommands {
   private set(p: BinaryPacket): Request {
     const k = p.key;
     const v = p.value;
-    const flags = p.extras.readUInt32BE(0);
-    const exp = ttl(p.extras.readUInt32BE(4));
-    // memcached stores any update with a cas as a cas (add and replace too).
-    const mode =
-      p.cas !== 0n ? '' : p.command === Op.ADD ? 'ME' : p.command === Op.REPLACE ? 'MR' : '';
-    const tokens = [`F${flags}`, `T${exp}`];
-    if (mode !== '') tokens.push(mode);
-    if (p.cas !== 0n) tokens.push(`C${p.cas}`);
-    tokens.push('c');
+    const tokens = setTokens(p);
     const tail = ` ${v.length} ${tokens.join(' ')}\r\n`;
     const lineLength = 3 + k.length + tail.length;
     const size = lineLength + v.length + 2;
@@ -196,9 +188,10 @@ export class BinaryCommands {
       else req.upper |= 1 << (c - 0x41);
       at += t.length + 1;
     }
-    req.flags = flags;
-    req.exptime = exp;
-    if (mode !== '') req.mode = mode.charCodeAt(1);
+    req.flags = p.extras.readUInt32BE(0);
+    req.exptime = ttl(p.extras.readUInt32BE(4));
+    const mode = tokens.find((t) => t[0] === 'M');
+    if (mode !== undefined) req.mode = mode.charCodeAt(1);
     req.cas = p.cas;
     req.bytes = v.length;
     req.binary = origin(p);
@@ -220,17 +213,11 @@ export class BinaryCommands {
         return line(`mg ${metaKeyToken(p.key)} T${ttl(p.extras.readUInt32BE(0))} f c`);
       case Op.SET:
       case Op.ADD:
-      case Op.REPLACE: {
-        const flags = p.extras.readUInt32BE(0);
-        const exp = ttl(p.extras.readUInt32BE(4));
-        // memcached stores any update with a cas as a cas (add and replace too).
-        const mode =
-          cas !== '' ? '' : p.command === Op.ADD ? ' ME' : p.command === Op.REPLACE ? ' MR' : '';
+      case Op.REPLACE:
         return store(
-          `ms ${keyToken(p.key)} ${p.value.length}${keyFlag(p.key)} F${flags} T${exp}${mode}${cas} c`,
+          `ms ${keyToken(p.key)} ${p.value.length}${keyFlag(p.key)} ${setTokens(p).join(' ')}`,
           p.value,
         );
-      }
       case Op.APPEND:
       case Op.PREPEND: {
         const mode = p.command === Op.APPEND ? 'MA' : 'MP';
@@ -269,6 +256,20 @@ export class BinaryCommands {
         return null;
     }
   }
+}
+
+/**
+ * The flag tokens of the `ms` for a set, add or replace: client flags, TTL,
+ * the mode (add, replace), the cas, and `c` (a binary store returns its cas).
+ */
+function setTokens(p: BinaryPacket): string[] {
+  const tokens = [`F${p.extras.readUInt32BE(0)}`, `T${ttl(p.extras.readUInt32BE(4))}`];
+  // memcached stores any update with a cas as a cas (add and replace too).
+  if (p.cas !== 0n) tokens.push(`C${p.cas}`);
+  else if (p.command === Op.ADD) tokens.push('ME');
+  else if (p.command === Op.REPLACE) tokens.push('MR');
+  tokens.push('c');
+  return tokens;
 }
 
 function origin(p: BinaryPacket): BinaryOrigin {
@@ -321,15 +322,15 @@ function casFlag(reply: Buffer): bigint {
 }
 
 /**
- * The value of return flag `letter` in a meta reply line, or undefined. Each
- * flag token starts with its letter, after the status (and a VA's size, which
- * is digits), so ` <letter>` can only start that flag.
+ * The client flags (`f`) of a meta reply line, or 0. Each flag token starts
+ * with its letter, after the status (and a VA's size, which is digits), so
+ * ` f` can only start that flag.
  */
-function metaFlag(line: string, letter: 'c' | 'f'): string | undefined {
-  const at = line.indexOf(letter === 'c' ? ' c' : ' f');
-  if (at < 0) return undefined;
+function clientFlags(line: string): number {
+  const at = line.indexOf(' f');
+  if (at < 0) return 0;
   const end = line.indexOf(' ', at + 2);
-  return line.slice(at + 2, end < 0 ? line.length : end);
+  return Number(line.slice(at + 2, end < 0 ? line.length : end));
 }
 
 function flagsExtra(flags: number): Buffer {
@@ -390,8 +391,8 @@ export function binaryReply(o: BinaryOrigin, out: Out): Out {
       } else if (first.startsWith('VA ') || first.startsWith('HD')) {
         const bytes = first.startsWith('VA ') ? Number(first.split(' ')[1]) : 0;
         hit = {
-          flags: Number(metaFlag(first, 'f') ?? '0'),
-          cas: BigInt(metaFlag(first, 'c') ?? '0'),
+          flags: clientFlags(first),
+          cas: casFlag(buf),
           value: buf.subarray(eol + 2, eol + 2 + bytes),
         };
       }
@@ -415,7 +416,7 @@ export function binaryReply(o: BinaryOrigin, out: Out): Out {
     case Op.PREPEND: {
       if (first.startsWith('HD')) {
         if (o.quiet) return null;
-        return response({ ...head, cas: BigInt(metaFlag(first, 'c') ?? '0') });
+        return response({ ...head, cas: casFlag(buf) });
       }
       if (first.startsWith('EX')) return fail(Status.KEY_EEXISTS);
       if (first.startsWith('NF')) return fail(Status.KEY_ENOENT);
@@ -435,7 +436,7 @@ export function binaryReply(o: BinaryOrigin, out: Out): Out {
         const bytes = Number(first.split(' ')[1]);
         const value = Buffer.allocUnsafe(8);
         value.writeBigUInt64BE(BigInt(buf.toString('latin1', eol + 2, eol + 2 + bytes)), 0);
-        return response({ ...head, cas: BigInt(metaFlag(first, 'c') ?? '0') }, null, null, value);
+        return response({ ...head, cas: casFlag(buf) }, null, null, value);
       }
       if (first.startsWith('EX')) return fail(Status.KEY_EEXISTS);
       if (first.startsWith('NS')) return fail(Status.NOT_STORED);

@@ -20,7 +20,7 @@
  */
 
 import net from 'node:net';
-import { SLAB_PIECE_MAX, slabAlloc } from './slab.js';
+import { SLAB_PIECE_MAX, shortLived } from './slab.js';
 
 interface Fields {
   buffer: symbol;
@@ -47,7 +47,7 @@ export const SHARED_COPY_MAX = SLAB_PIECE_MAX;
 
 /** A copy of the first `n` bytes of the shared read buffer. */
 function copyRead(n: number): Buffer {
-  const own = n > SHARED_COPY_MAX ? Buffer.allocUnsafeSlow(n) : slabAlloc(n);
+  const own = shortLived(n);
   scratch.copy(own, 0, 0, n);
   return own;
 }

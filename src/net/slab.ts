@@ -25,3 +25,8 @@ export function slabAlloc(n: number): Buffer {
   slabAt = (at + n + 7) & ~7; // 8-byte aligned, as Buffer's pool does
   return slab.subarray(at, at + n);
 }
+
+/** `n` uninitialised bytes: a slab piece, or a buffer of their own when over SLAB_PIECE_MAX. */
+export function shortLived(n: number): Buffer {
+  return n <= SLAB_PIECE_MAX ? slabAlloc(n) : Buffer.allocUnsafeSlow(n);
+}

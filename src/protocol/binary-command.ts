@@ -13,7 +13,7 @@
  * and a quiet write's success are not sent; errors always are.
  */
 
-import { SLAB_PIECE_MAX, slabAlloc } from '../net/slab.js';
+import { shortLived } from '../net/slab.js';
 import { encodeKey } from './base64.js';
 import { type BinaryPacket, Op, Status, errorResponse, itemResponse, response } from './binary.js';
 import { parseU64 } from './numbers.js';
@@ -168,7 +168,7 @@ export class BinaryCommands {
     const tail = ` ${v.length} ${tokens.join(' ')}\r\n`;
     const lineLength = 3 + k.length + tail.length;
     const size = lineLength + v.length + 2;
-    const raw = size <= SLAB_PIECE_MAX ? slabAlloc(size) : Buffer.allocUnsafeSlow(size);
+    const raw = shortLived(size);
     MS.copy(raw, 0);
     k.copy(raw, 3);
     raw.write(tail, 3 + k.length, 'latin1');
@@ -291,8 +291,7 @@ function line(text: string): Buffer {
 
 function store(head: string, value: Buffer): Buffer {
   // The command lives as long as its writes to the nodes: a slab piece, not a pool buffer each.
-  const size = head.length + 2 + value.length + 2;
-  const out = size <= SLAB_PIECE_MAX ? slabAlloc(size) : Buffer.allocUnsafeSlow(size);
+  const out = shortLived(head.length + 2 + value.length + 2);
   let at = out.write(head, 0, 'latin1');
   at += out.write('\r\n', at, 'latin1');
   at += value.copy(out, at);

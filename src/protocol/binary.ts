@@ -397,13 +397,13 @@ export class BinaryParser {
     const opcode = h[1]!;
     const opaque = h.readUInt32BE(12);
     if (keyLength > bodyLength || keyLength + extLength > bodyLength) {
-      return this.fail(opcode, opaque, Status.UNKNOWN_COMMAND, true, 0, null);
+      return this.fail(opcode, opaque, Status.UNKNOWN_COMMAND, true);
     }
     const command = QUIET_OF[opcode] ?? opcode;
     if (this.sasl && !this.authenticated() && !OPEN_BEFORE_AUTH.has(command)) {
-      return this.fail(opcode, opaque, Status.AUTH_ERROR, true, 0, null);
+      return this.fail(opcode, opaque, Status.AUTH_ERROR, true);
     }
-    if (keyLength > KEY_MAX) return this.fail(opcode, opaque, Status.EINVAL, true, 0, null);
+    if (keyLength > KEY_MAX) return this.fail(opcode, opaque, Status.EINVAL, true);
     const packet: BinaryPacket = {
       opcode,
       command,
@@ -463,21 +463,15 @@ export class BinaryParser {
         break;
       default:
         // Unknown: memcached skips `bodyLength` bytes after the extras and key it already read.
-        return this.fail(opcode, opaque, Status.UNKNOWN_COMMAND, false, bodyLength, null);
+        return this.fail(opcode, opaque, Status.UNKNOWN_COMMAND, false, bodyLength);
     }
-    if (!valid) return this.fail(opcode, opaque, Status.EINVAL, true, 0, null);
+    if (!valid) return this.fail(opcode, opaque, Status.EINVAL, true);
     if (command === Op.SASL_LIST_MECHS || command === Op.SASL_AUTH || command === Op.SASL_STEP) {
-      if (!this.sasl)
-        return this.fail(
-          opcode,
-          opaque,
-          Status.UNKNOWN_COMMAND,
-          false,
-          bodyLength - keyLength,
-          null,
-        );
+      if (!this.sasl) {
+        return this.fail(opcode, opaque, Status.UNKNOWN_COMMAND, false, bodyLength - keyLength);
+      }
       if (command !== Op.SASL_LIST_MECHS && keyLength > SASL_MECH_MAX) {
-        return this.fail(opcode, opaque, Status.EINVAL, false, valueLength, null);
+        return this.fail(opcode, opaque, Status.EINVAL, false, valueLength);
       }
     }
     if (
@@ -489,7 +483,7 @@ export class BinaryParser {
       return this.fail(opcode, opaque, Status.E2BIG, false, valueLength, unlink);
     }
     if ((command === Op.APPEND || command === Op.PREPEND) && !this.fits(keyLength, valueLength)) {
-      return this.fail(opcode, opaque, Status.E2BIG, false, valueLength, null);
+      return this.fail(opcode, opaque, Status.E2BIG, false, valueLength);
     }
     // The packet's views are used before push() returns (see BinarySink).
     if (valueLength === 0) return this.sink.onPacket(packet);
@@ -504,8 +498,8 @@ export class BinaryParser {
     opaque: number,
     status: number,
     close: boolean,
-    swallow: number,
-    unlink: Buffer | null,
+    swallow = 0,
+    unlink: Buffer | null = null,
   ): void {
     if (close) this.state = ST_CLOSED;
     else if (swallow > 0) {

@@ -10,6 +10,7 @@ import cluster from 'node:cluster';
 import { Command } from 'commander';
 import { pino } from 'pino';
 import { ConfigError, loadConfig, parseConfig } from './config.js';
+import { joinCluster } from './coordination/etcd-gate.js';
 import { Proxy } from './server/proxy.js';
 import { ignoreHangup, onStopSignals, runPrimary, runWorker } from './server/workers.js';
 import { VERSION } from './version.js';
@@ -59,14 +60,24 @@ export async function main(argv: string[]): Promise<number> {
   const log = pino({ level: config.log.level, base: { pid: process.pid } });
   if (config.workers > 1) return runPrimary(config, log);
   ignoreHangup(log);
-  const proxy = new Proxy(config, log);
+  const group = await joinCluster(config, log);
+  const proxy = new Proxy(config, log, group ? { gate: group, worker: 0 } : undefined);
+  group?.bind(proxy.peer());
   try {
     await proxy.start();
   } catch (err) {
     log.fatal({ err }, 'cannot listen');
+    await group?.close();
     return 1;
   }
   // A second SIGINT or SIGTERM, whichever the first was, ends the process at once.
-  await new Promise<void>((resolve) => onStopSignals(log, () => void proxy.close().then(resolve)));
+  await new Promise<void>((resolve) =>
+    onStopSignals(log, () => {
+      void proxy
+        .close()
+        .then(() => group?.close())
+        .then(resolve);
+    }),
+  );
   return 0;
 }

@@ -125,6 +125,29 @@ export const configSchema = z
      * memcached's text auth, with the users of `usersFile` (memcached's -Y format).
      */
     auth: z.strictObject({ usersFile: z.string().min(1) }).optional(),
+    /**
+     * Several msproxy instances (and the workers of each) in front of the same nodes act as
+     * one cluster through etcd: one view of which nodes serve, shared fences, one re-sync.
+     * Off when absent.
+     */
+    coordination: z
+      .strictObject({
+        etcd: z.strictObject({
+          endpoints: z.array(z.url({ protocol: /^https?$/ })).min(1),
+          /** Every instance with the same prefix is one cluster. */
+          prefix: z
+            .string()
+            .regex(
+              /^\/[^\s]*[^/\s]$/,
+              'expected an absolute key prefix such as "/msproxy/sessions"',
+            ),
+          /** How long an instance that stopped renewing its lease (died, cut off) stays a member. */
+          leaseTtlSeconds: z.number().int().min(1).max(60).default(3),
+          /** A call to etcd that takes longer counts as failed. */
+          timeoutMs: duration.default(2000),
+        }),
+      })
+      .optional(),
     log: z
       .strictObject({
         level: z

@@ -78,8 +78,13 @@ export class NodeRecovery {
    */
   resyncRetryKeys: Buffer[] | null = null;
 
-  /** The latest write of `ks` this node is known to have missed (0: none). */
+  /**
+   * The latest write of `ks` this node is known to have missed (0: none).
+   * Waiting for other processes to replay, it may have missed any of theirs:
+   * Infinity, so its copy is never the one copied to the other replicas.
+   */
   lastMissed(ks: string): number {
+    if (this.waiting) return Infinity;
     return Math.max(this.missed.get(ks) ?? 0, this.fenced.get(ks) ?? 0);
   }
 }
@@ -136,6 +141,11 @@ export class RecoveryCore {
     if ((f.get(ks) ?? 0) >= seq) return;
     f.set(ks, seq);
     this.gate.fenced(node, ks);
+  }
+
+  /** `node`'s copy of `ks` is trusted again (fixed, or replaced by a write). */
+  unfenceKey(node: number, ks: string): void {
+    if (this.state[node]!.fenced.delete(ks)) this.gate.unfenced(node, ks);
   }
 
   /**

@@ -114,7 +114,7 @@ export class Recovery {
     const s = this.core.state[node]!;
     if (s.fenced.size === 0 && s.missed.size === 0) return;
     const ks = key.toString('latin1');
-    s.fenced.delete(ks);
+    this.core.unfenceKey(node, ks);
     // Only while the node is up: a rejoin's replay decides for a node that is down.
     if (this.core.nodes[node]!.isUp && !s.rejoining) s.missed.delete(ks);
   }
@@ -177,6 +177,8 @@ export class Recovery {
       out.push([`proxy_node_${i}_resync_copied`, s.resyncCopied]);
       out.push([`proxy_node_${i}_resync_failed`, s.resyncFailed]);
     });
+    const gate = this.core.gate.rows?.();
+    if (gate !== undefined) out.push(...gate);
     return out;
   }
 

@@ -11,7 +11,9 @@
  * not trusted, is treated the same everywhere; `complete()` shares whether a
  * node holds every acknowledged write (emptied, then refilled by a re-sync).
  *
- * LOCAL_GATE is the one-process case: ready means go.
+ * LOCAL_GATE is the one-process case: ready means go. Workers of one
+ * instance share a gate through their primary (server/workers.ts); instances
+ * through etcd (coordination/etcd-gate.ts).
  */
 
 export interface RejoinGate {
@@ -25,10 +27,33 @@ export interface RejoinGate {
   ready(node: number, go: () => void): void;
   /** This process stopped trusting `node`'s copy of `key` (a latin1 string). */
   fenced(node: number, key: string): void;
+  /** This process trusts `node`'s copy of `key` again: it was fixed or replaced by a write. */
+  unfenced(node: number, key: string): void;
   /** `node` needs a re-sync and this process does not run them: ask the one that does. */
   resyncElsewhere(node: number): void;
   /** This process learnt that `node` was emptied (false) or refilled by a re-sync (true). */
   complete(node: number, complete: boolean): void;
+  /** Stats rows of the gate's own (`stats`). */
+  rows?(): [string, string | number][];
+}
+
+/**
+ * What a gate does to this process's proxy when the other processes say so
+ * (the same for workers and for instances).
+ */
+export interface ClusterPeer {
+  /** Whether this process has `node` in service. */
+  isUp(node: number): boolean;
+  /** Take `node` out of service (it rejoins as after its own outage). */
+  markDown(node: number, reason: string): void;
+  /** Another member stopped trusting `node`'s copy of `key` (latin1). */
+  fence(node: number, key: string): void;
+  /** `node` must be flushed before it serves (a lost outage log). */
+  flush(node: number): void;
+  /** Refill `node` (this member runs re-syncs). */
+  resync(node: number): void;
+  /** Another member found `node` emptied (false) or refilled (true). */
+  setComplete(node: number, complete: boolean): void;
 }
 
 export const LOCAL_GATE: RejoinGate = {
@@ -39,6 +64,7 @@ export const LOCAL_GATE: RejoinGate = {
     go();
   },
   fenced() {},
+  unfenced() {},
   resyncElsewhere() {},
   complete() {},
 };

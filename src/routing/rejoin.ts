@@ -320,7 +320,7 @@ export class Rejoin {
       const settle = (ok: boolean, failedNode = -1): void => {
         if (!ok) return finish(failedNode === node ? 'node' : 'other');
         for (const n of [node, ...up]) {
-          core.state[n]!.fenced.delete(ks);
+          core.unfenceKey(n, ks);
           // A replica down that missed less may hold newer: fence every copy that is up.
           if (downBest < bestSeq) core.fenceKey(n, ks, bestSeq);
         }

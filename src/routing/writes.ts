@@ -88,6 +88,8 @@ function writeAll(
  * replicas disagreed (a copy landed after a delete that raced it, say, from
  * another msproxy process, or one replica evicted it). The ones without it
  * are fixed like a missed write: brought in line with the freshest replica.
+ * Only a copy that may be read counts as found: one not trusted (a node
+ * another process has not replayed yet) may be what the others deleted.
  */
 function disagreed(
   ctx: RouteContext,
@@ -96,7 +98,10 @@ function disagreed(
   replies: readonly (ReplyOrErr | undefined)[],
 ): void {
   let found = false;
-  for (const r of replies) if (isReply(r) && !r.isError && !notFound(r)) found = true;
+  for (let i = 0; i < replies.length; i++) {
+    const r = replies[i];
+    if (isReply(r) && !r.isError && !notFound(r) && ctx.answers(route[i]!, req.key)) found = true;
+  }
   if (!found) return;
   for (let i = 0; i < replies.length; i++) {
     const r = replies[i];

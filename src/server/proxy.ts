@@ -9,7 +9,7 @@ import net from 'node:net';
 import type { Logger } from 'pino';
 import { BackendNode } from '../backend/node.js';
 import { type Config, nodeLabel } from '../config.js';
-import { LOCAL_GATE, type RejoinGate } from '../routing/rejoin-gate.js';
+import { type ClusterPeer, LOCAL_GATE, type RejoinGate } from '../routing/rejoin-gate.js';
 import { Recovery } from '../routing/recovery.js';
 import { Ring } from '../routing/ring.js';
 import { Router } from '../routing/router.js';
@@ -142,6 +142,18 @@ export class Proxy {
       ['proxy_max_inflight', c.limits.maxInflight],
       ['proxy_request_timeout_ms', c.timeouts.requestMs],
     ];
+  }
+
+  /** What the other processes (workers, or instances through etcd) act on. */
+  peer(): ClusterPeer {
+    return {
+      isUp: (node) => this.nodes[node]!.isUp,
+      markDown: (node, reason) => this.nodes[node]!.markDownNow(reason),
+      fence: (node, key) => this.recovery.remoteFence(node, key),
+      flush: (node) => this.recovery.missedFlush(node),
+      resync: (node) => this.recovery.resync(node),
+      setComplete: (node, complete) => this.recovery.remoteComplete(node, complete),
+    };
   }
 
   /** The bound address (useful with port 0). */

@@ -22,7 +22,8 @@ import cluster, { type Worker } from 'node:cluster';
 import { constants } from 'node:os';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
-import type { RejoinGate } from '../routing/rejoin-gate.js';
+import { joinCluster } from '../coordination/etcd-gate.js';
+import type { ClusterPeer, RejoinGate } from '../routing/rejoin-gate.js';
 import { VERSION } from '../version.js';
 import { Proxy } from './proxy.js';
 
@@ -247,6 +248,9 @@ export class WorkerGate implements RejoinGate {
     this.post({ msp: 'fence', node, key });
   }
 
+  /** Each worker fixes its own fences (the others' copies of a fence need no word). */
+  unfenced(): void {}
+
   resyncElsewhere(node: number): void {
     this.post({ msp: 'resync', node });
   }
@@ -443,26 +447,28 @@ async function serveAsWorker(config: Config, log: Logger, index: number): Promis
   const post = (msg: ToPrimary): void => {
     if (process.connected) process.send!(msg);
   };
+  // With etcd, each worker is a member of the cluster of its own; the primary only supervises.
+  const group = await joinCluster(config, log);
   const gate = new WorkerGate(config.nodes.length, index === RESYNC_WORKER, post);
-  let proxy: Proxy | null = null;
+  let peer: ClusterPeer | null = null;
   const early: ToWorker[] = [];
   const apply = (msg: ToWorker): void => {
-    const p = proxy!;
+    const p = peer!;
     switch (msg.msp) {
       case 'down':
-        return p.nodes[msg.node]?.markDownNow('down in another worker');
+        return p.markDown(msg.node, 'down in another worker');
       case 'go':
         return gate.go(msg.node, msg.epoch);
       case 'fence':
-        return p.recovery.remoteFence(msg.node, msg.key);
+        return p.fence(msg.node, msg.key);
       case 'flush':
         post({ msp: 'flushing', node: msg.node });
-        return p.recovery.missedFlush(msg.node);
+        return p.flush(msg.node);
       case 'resync':
-        return p.recovery.resync(msg.node);
+        return p.resync(msg.node);
       case 'complete':
         gate.remoteComplete(msg.node, msg.complete);
-        return p.recovery.remoteComplete(msg.node, msg.complete);
+        return p.setComplete(msg.node, msg.complete);
       default:
         return;
     }
@@ -470,20 +476,27 @@ async function serveAsWorker(config: Config, log: Logger, index: number): Promis
   const init = new Promise<{ down: number[]; incomplete: number[] }>((resolve) => {
     process.on('message', (msg: ToWorker) => {
       if (msg?.msp === 'init') return resolve(msg);
-      if (proxy === null) early.push(msg);
+      if (group !== null) return;
+      if (peer === null) early.push(msg);
       else apply(msg);
     });
   });
   post({ msp: 'hello' });
   const { down, incomplete } = await init;
-  proxy = new Proxy(config, log, { gate, worker: index });
-  for (const node of down) proxy.nodes[node]!.markDownNow('down in the other workers');
-  for (const node of incomplete) proxy.recovery.remoteComplete(node, false);
-  for (const msg of early.splice(0)) apply(msg);
+  const proxy = new Proxy(config, log, { gate: group ?? gate, worker: index });
+  peer = proxy.peer();
+  if (group !== null) {
+    group.bind(peer);
+  } else {
+    for (const node of down) peer.markDown(node, 'down in the other workers');
+    for (const node of incomplete) peer.setComplete(node, false);
+    for (const msg of early.splice(0)) apply(msg);
+  }
   try {
     await proxy.start();
   } catch (err) {
     log.fatal({ err }, 'cannot listen');
+    await group?.close();
     return 1;
   }
   post({ msp: 'listening', ...proxy.address });
@@ -495,7 +508,10 @@ async function serveAsWorker(config: Config, log: Logger, index: number): Promis
     const stop = (): void => {
       if (stopping) return;
       stopping = true;
-      void p.close().then(resolve);
+      void p
+        .close()
+        .then(() => group?.close())
+        .then(resolve);
     };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);

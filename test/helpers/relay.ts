@@ -9,7 +9,8 @@
  * answered to the client instead of forwarding them. `intercepted` counts
  * what was taken, so a test can prove its fault happened. An injected reply
  * is written at once: use it only while nothing else is in flight on that
- * connection, or replies would change order.
+ * connection, or replies would change order. `holed` black-holes the path:
+ * bytes are swallowed both ways while connections stay open (a partition).
  */
 
 import net from 'node:net';
@@ -26,6 +27,8 @@ export class Relay {
   private readonly server: net.Server;
   private readonly sockets = new Set<net.Socket>();
   private readonly rules: Rule[] = [];
+  /** While set, nothing passes either way: a black-holed path (connections stay open). */
+  holed = false;
 
   private constructor(server: net.Server) {
     this.server = server;
@@ -65,8 +68,11 @@ export class Relay {
     upstream.on('error', end);
     client.on('close', end);
     upstream.on('close', end);
-    upstream.on('data', (chunk) => client.write(chunk));
+    upstream.on('data', (chunk) => {
+      if (!this.holed) client.write(chunk);
+    });
     client.on('data', (chunk: Buffer) => {
+      if (this.holed) return;
       let data = chunk;
       for (const rule of this.rules) {
         let at: number;

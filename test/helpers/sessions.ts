@@ -31,6 +31,14 @@ import { until, WaitTimeout } from './wait.js';
 export interface SessionOptions {
   /** Proxy port. */
   port: number;
+  /**
+   * Several proxies (msproxy instances behind a load balancer): each client
+   * holds a connection to each and sends every request to one picked at
+   * random, so a session written through one is read through another. A
+   * proxy that cannot be reached is skipped for that request. `port` is
+   * then the one `verify()` reads through by default.
+   */
+  ports?: number[];
   /** Session clients (default 40). */
   clients?: number;
   /** Keys each client owns (default 25). */
@@ -211,6 +219,7 @@ export class SessionWorkload {
       mix: { set: 50, get: 35, delete: 15 },
       valueBytes: [200, 1000],
       maxRunMs: 20000,
+      ports: [options.port],
       ...options,
     };
     this.deadline = this.started + this.options.maxRunMs;
@@ -234,11 +243,14 @@ export class SessionWorkload {
   static async start(options: SessionOptions): Promise<SessionWorkload> {
     const w = new SessionWorkload(options);
     const n = w.options.clients;
+    const ports = w.options.ports;
     const conns = await Promise.all(
-      Array.from({ length: n }, () => MemcacheClient.connect(w.options.port)),
+      Array.from({ length: n * ports.length }, (_, i) =>
+        MemcacheClient.connect(ports[i % ports.length]!),
+      ),
     );
     w.clients.push(...conns);
-    w.loops = conns.map((_, i) => w.loop(i));
+    w.loops = Array.from({ length: n }, (_, i) => w.loop(i));
     return w;
   }
 
@@ -316,10 +328,17 @@ export class SessionWorkload {
     const rnd = prng((o.seed * 7919 + index * 104729) >>> 0);
     const total = o.mix.set + o.mix.get + o.mix.delete;
     const [minBytes, maxBytes] = o.valueBytes;
+    const ports = o.ports.length;
     while (!this.stopping && performance.now() < this.deadline) {
-      let client = this.clients[index];
+      // One proxy: the same stream of choices as ever (no draw for the port).
+      const slot = index * ports + (ports > 1 ? Math.floor(rnd() * ports) : 0);
+      let client = this.clients[slot];
       if (client === null || client === undefined) {
-        client = await this.reconnect(index);
+        client = await this.reconnect(slot);
+        if (client === null && ports > 1 && !this.stopping) {
+          await sleep(20);
+          continue;
+        }
         if (client === null) break;
       }
       const key = `${o.prefix}:${index}:${Math.floor(rnd() * o.keysPerClient)}`;
@@ -341,23 +360,26 @@ export class SessionWorkload {
       if (!ok) {
         // A timeout or lost connection: this client's stream cannot be trusted any more.
         client.close();
-        this.clients[index] = null;
+        this.clients[slot] = null;
       }
     }
   }
 
-  private async reconnect(index: number): Promise<MemcacheClient | null> {
+  /** Connect the client's slot again; with several proxies, one try (another may serve). */
+  private async reconnect(slot: number): Promise<MemcacheClient | null> {
+    const ports = this.options.ports;
     while (!this.stopping && performance.now() < this.deadline) {
       try {
-        const c = await MemcacheClient.connect(this.options.port);
+        const c = await MemcacheClient.connect(ports[slot % ports.length]!);
         if (this.stopping) {
           c.close();
           return null;
         }
         this.counts.reconnects++;
-        this.clients[index] = c;
+        this.clients[slot] = c;
         return c;
       } catch {
+        if (ports.length > 1) return null;
         await sleep(50);
       }
     }
@@ -510,15 +532,19 @@ export class SessionWorkload {
   /**
    * After `stop()`: read every key through the proxy (multi-gets of `batch`
    * keys; a SERVER_ERROR is retried for up to `retryMs`) and return every key
-   * whose value is not an acceptable state.
+   * whose value is not an acceptable state. `port`: read through another
+   * proxy than the one the workload ran on (another msproxy instance).
    */
-  async verify(options: { batch?: number; retryMs?: number } = {}): Promise<Violation[]> {
+  async verify(
+    options: { batch?: number; retryMs?: number; port?: number } = {},
+  ): Promise<Violation[]> {
     const batch = options.batch ?? 100;
     const retryMs = options.retryMs ?? 3000;
+    const port = options.port ?? this.options.port;
     if (!this.stopping) throw new Error('verify() before stop()');
     const got = new Map<string, string>();
     const unavailable: Violation[] = [];
-    let client = await MemcacheClient.connect(this.options.port);
+    let client = await MemcacheClient.connect(port);
     try {
       for (let i = 0; i < this.keys.length; i += batch) {
         const keys = this.keys.slice(i, i + batch);
@@ -531,7 +557,7 @@ export class SessionWorkload {
             } catch (e) {
               why = (e as Error).message;
               client.close();
-              client = await MemcacheClient.connect(this.options.port);
+              client = await MemcacheClient.connect(port);
               return false;
             }
             if (r.values === null || r.text !== 'END') {

@@ -31,6 +31,12 @@
  * adds another checkout's msproxy (built there, in front of the same nodes)
  * as the target `baseline`, so a change is measured against the code before
  * it in one run, with a ratio column against it.
+ *
+ *   npm run bench -- --etcd --workloads get90
+ *
+ * adds msproxy with `coordination.etcd` (a member of a cluster in a real etcd,
+ * started on free ports) as the target `msproxy-etcd`, and prints its req/s
+ * against plain msproxy per workload.
  */
 
 import { execFileSync, spawn } from 'node:child_process';
@@ -55,6 +61,7 @@ const IDLE = Number(opt('idle', 10000));
 const WORKERS = Number(opt('workers', 1));
 const UNPINNED = args.includes('--unpinned');
 const BASELINE = opt('baseline', null);
+const ETCD = args.includes('--etcd');
 
 const WORKLOAD_ARGS = {
   get90: ['--get-ratio', '0.9'],
@@ -87,8 +94,9 @@ function which(cmd) {
 }
 
 const taskset = UNPINNED ? null : which('taskset');
+/** `cmd` pinned to `core` (null: not pinned). */
 function pinned(core, cmd, argv) {
-  return taskset ? [taskset, ['-c', String(core), cmd, ...argv]] : [cmd, argv];
+  return taskset && core !== null ? [taskset, ['-c', String(core), cmd, ...argv]] : [cmd, argv];
 }
 
 function start(core, cmd, argv, opts = {}) {
@@ -284,6 +292,53 @@ async function main() {
     targets.push({ name: `msproxy-w${WORKERS}`, port: wport, pid: mw.pid, prefix: 'w:' });
   }
 
+  if (ETCD) {
+    // One etcd member, unpinned: it only sees the instance join (nothing per request).
+    const client = await freePort();
+    const peer = await freePort();
+    start(null, which('etcd') ?? 'etcd', [
+      '--data-dir',
+      join(dir, 'etcd'),
+      '--listen-client-urls',
+      `http://127.0.0.1:${client}`,
+      '--advertise-client-urls',
+      `http://127.0.0.1:${client}`,
+      '--listen-peer-urls',
+      `http://127.0.0.1:${peer}`,
+      '--initial-advertise-peer-urls',
+      `http://127.0.0.1:${peer}`,
+      '--initial-cluster',
+      `default=http://127.0.0.1:${peer}`,
+      '--log-level',
+      'error',
+      '--logger',
+      'zap',
+    ]);
+    await waitPort(client, 'etcd');
+    const eport = await freePort();
+    const econfig = {
+      ...config,
+      listen: { host: '127.0.0.1', port: eport },
+      coordination: {
+        etcd: { endpoints: [`http://127.0.0.1:${client}`], prefix: '/msproxy/bench' },
+      },
+    };
+    writeFileSync(join(dir, 'msproxy-etcd.json'), JSON.stringify(econfig));
+    const me = start(
+      0,
+      process.execPath,
+      [
+        ...binNodeFlags(),
+        join(root, 'bin', 'msproxy.js'),
+        '--config',
+        join(dir, 'msproxy-etcd.json'),
+      ],
+      { env: { ...process.env, UV_THREADPOOL_SIZE: '1' } },
+    );
+    await waitPort(eport, 'msproxy with etcd', 20000);
+    targets.push({ name: 'msproxy-etcd', port: eport, pid: me.pid, prefix: 'e:' });
+  }
+
   if (BASELINE !== null) {
     const base = join(process.cwd(), BASELINE);
     execFileSync('npm', ['run', 'build'], { cwd: base, stdio: 'inherit' });
@@ -416,6 +471,14 @@ async function main() {
     }
   }
   console.log(lines.join('\n'));
+  if (ETCD) {
+    for (const w of WORKLOADS) {
+      const rps = (t) => median(results[w][t].map((x) => x.rps));
+      console.log(
+        `msproxy-etcd / msproxy ${w} req/s (coordination on vs off, same run): ${(rps('msproxy-etcd') / rps('msproxy')).toFixed(3)}×`,
+      );
+    }
+  }
   if (results.get90 && results.bget90) {
     const rps = (w) => median(results[w].msproxy.map((x) => x.rps));
     console.log(

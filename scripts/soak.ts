@@ -13,9 +13,19 @@
  * acknowledged session is read back: none missing, none stale, no deleted one
  * back. Exit status 1 on any violation.
  *
- *   npm run soak -- --minutes 10 --hang 10
+ * With `--instances N` (N > 1), N msproxy instances coordinated through a
+ * real etcd (started on free ports) front the same nodes, and every request
+ * goes to one of them picked at random, as behind a load balancer; the final
+ * read goes through each instance.
+ *
+ *   npm run soak -- --minutes 10 --hang 10 [--instances 3]
  */
 
+import { pino } from 'pino';
+import { parseConfig } from '../src/config.js';
+import { joinCluster } from '../src/coordination/etcd-gate.js';
+import { Proxy } from '../src/server/proxy.js';
+import { Etcd } from '../test/helpers/etcd.js';
 import { type Cluster, startCluster } from '../test/helpers/proxy.js';
 import { sleep } from '../test/helpers/memcached.js';
 import {
@@ -32,6 +42,7 @@ const opt = (name: string, def: number): number => {
 };
 const MINUTES = opt('minutes', 5);
 const HANG_S = opt('hang', 10);
+const INSTANCES = opt('instances', 1);
 
 /**
  * Run `body` as one measured phase and print its requests, failures (with the
@@ -52,7 +63,7 @@ async function phase(w: SessionWorkload, what: string, body: () => Promise<void>
   const last = fails.length > 0 ? `, last at +${Math.round(fails[fails.length - 1]! - t0)} ms` : '';
   const f = (x: number): string => (x < 10 ? x.toFixed(2) : x.toFixed(0));
   console.log(
-    `${what.padEnd(40)} ${String(c.requests).padStart(7)} req in ${(ms / 1000).toFixed(1)} s, ` +
+    `+${(t0 / 1000).toFixed(1).padStart(6)} s ${what.padEnd(40)} ${String(c.requests).padStart(7)} req in ${(ms / 1000).toFixed(1)} s, ` +
       `failed ${c.failed} (${pct}%${last}); latency ms p50 ${f(percentile(lat, 50))} ` +
       `p99 ${f(percentile(lat, 99))} max ${f(lat[lat.length - 1] ?? NaN)}, >200 ms: ${slow}`,
   );
@@ -66,22 +77,55 @@ async function waitUntil(what: string, ms: number, check: () => boolean): Promis
   }
 }
 
+/** The instances in front of the nodes: `c.proxy`, and with --instances the others. */
+let proxies: Proxy[] = [];
+let etcd: Etcd | null = null;
+
 /** Restart node `n` empty and wait until the re-sync this starts has finished. */
 async function restartAndResync(c: Cluster, n: number): Promise<void> {
-  const runs = c.proxy.recovery.resyncRuns(n);
+  const runs = (): number => proxies.reduce((sum, p) => sum + p.recovery.resyncRuns(n), 0);
+  const before = runs();
   await c.restart(n);
-  // The state alone could still say 'done' from an earlier run.
+  // The state alone could still say 'done' from an earlier run; one instance runs it, and
+  // every instance learns the node is complete again.
   await waitUntil(
     're-sync',
     60_000,
-    () => c.proxy.recovery.resyncRuns(n) > runs && c.proxy.recovery.resyncState(n) === 'done',
+    () => runs() > before && proxies.every((p) => p.recovery.complete(n)),
   );
 }
 
+/** Start the other instances, each a member of the cluster in etcd (see --instances). */
+async function startInstances(c: Cluster): Promise<void> {
+  const log = pino({ level: process.env.MSP_TEST_LOG ?? 'silent' });
+  for (let i = 1; i < INSTANCES; i++) {
+    const config = parseConfig({ ...c.config, listen: { host: '127.0.0.1', port: 0 } });
+    const gate = (await joinCluster(config, log))!;
+    const p = new Proxy(config, log, { gate, worker: 0 });
+    gate.bind(p.peer());
+    await p.start();
+    proxies.push(p);
+  }
+}
+
 async function main(): Promise<void> {
-  const c: Cluster = await startCluster({ recovery: { resyncRate: 20000 } });
+  let coordination = {};
+  if (INSTANCES > 1) {
+    etcd = await Etcd.start();
+    coordination = {
+      coordination: { etcd: { endpoints: [etcd.endpoint], prefix: '/msproxy/soak' } },
+    };
+  }
+  const c: Cluster = await startCluster({ recovery: { resyncRate: 20000 }, ...coordination });
+  proxies = [c.proxy];
+  await startInstances(c);
+  const ports = proxies.map((p) => p.address.port);
   const deadline = Date.now() + MINUTES * 60_000;
-  const w = await SessionWorkload.start({ port: c.port, maxRunMs: MINUTES * 60_000 + 120_000 });
+  const w = await SessionWorkload.start({
+    port: c.port,
+    ports,
+    maxRunMs: MINUTES * 60_000 + 120_000,
+  });
   let cycle = 0;
   try {
     await phase(w, 'warm-up', () => w.run(3000));
@@ -109,7 +153,7 @@ async function main(): Promise<void> {
             }
           });
           await phase(w, `resume node ${n}, rejoin`, async () => {
-            await waitUntil('rejoin', 30_000, () => c.proxy.nodes[n]!.isUp);
+            await waitUntil('rejoin', 30_000, () => proxies.every((p) => p.nodes[n]!.isUp));
             await w.run(1000);
           });
           break;
@@ -129,7 +173,9 @@ async function main(): Promise<void> {
             } finally {
               for (const m of c.nodes) m.resume();
             }
-            await waitUntil('all up', 30_000, () => c.proxy.nodes.every((x) => x.isUp));
+            await waitUntil('all up', 30_000, () =>
+              proxies.every((p) => p.nodes.every((x) => x.isUp)),
+            );
             await w.run(1000);
           });
       }
@@ -138,14 +184,19 @@ async function main(): Promise<void> {
   } finally {
     await w.stop();
   }
-  const violations = [...w.violations, ...(await w.verify())];
+  const violations = [...w.violations];
+  for (const port of ports) violations.push(...(await w.verify({ port })));
   console.log(w.summary());
+  for (const p of proxies.slice(1)) await p.close();
   await c.stop();
+  await etcd?.stop();
   if (violations.length > 0) {
     console.log(`VIOLATIONS ${violations.length}:\n${formatViolations(violations)}`);
     process.exit(1);
   }
-  console.log(`soak: ${cycle} fault cycles, no session lost, stale or resurrected`);
+  console.log(
+    `soak: ${cycle} fault cycles through ${INSTANCES} instance(s), no session lost, stale or resurrected`,
+  );
   process.exit(0);
 }
 

@@ -73,10 +73,7 @@ export async function main(argv: string[]): Promise<number> {
   // A second SIGINT or SIGTERM, whichever the first was, ends the process at once.
   await new Promise<void>((resolve) =>
     onStopSignals(log, () => {
-      void proxy
-        .close()
-        .then(() => group?.close())
-        .then(resolve);
+      void proxy.close().then(resolve);
     }),
   );
   return 0;

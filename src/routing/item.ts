@@ -74,6 +74,38 @@ export function storeItem(key: Buffer, item: Item | null, extra = ''): Buffer {
 }
 
 /**
+ * The cas of `key`'s item on `node`: null when it has none, undefined when
+ * the node could not answer.
+ */
+export function casOf(
+  via: Via,
+  node: number,
+  hash: number,
+  key: Buffer,
+  cb: (cas: string | null | undefined) => void,
+): void {
+  via(node, hash, encodeMeta('mg', key, 'c'), (r) => {
+    if (!answered(r)) return cb(undefined);
+    cb(startsWith(r.line, 'HD') ? (parseMetaFlags(r.line).get('c') ?? null) : null);
+  });
+}
+
+/**
+ * Like storeItem, but only if the node's own item is still the one it held
+ * when read (`cas`; null: it had none): `ms ... C<cas>`, an add (`ME`), or
+ * `md ... C<cas>`. A write that reached the node since wins (EX, NS). Null
+ * when there is nothing to do (no item on either side).
+ */
+export function storeIfUnchanged(
+  key: Buffer,
+  item: Item | null,
+  cas: string | null,
+): Buffer | null {
+  if (!copyable(item)) return cas === null ? null : encodeMeta('md', key, `C${cas}`);
+  return storeItem(key, item, cas === null ? ' ME' : ` C${cas}`);
+}
+
+/**
  * Whether `node` still holds the same item as `item` (read with its cas):
  * true if it changed (or is gone, or appeared), false if not, undefined if
  * the node could not answer. A copy is checked this way because a write

@@ -78,13 +78,8 @@ export class NodeRecovery {
    */
   resyncRetryKeys: Buffer[] | null = null;
 
-  /**
-   * The latest write of `ks` this node is known to have missed (0: none).
-   * Waiting for other processes to replay, it may have missed any of theirs:
-   * Infinity, so its copy is never the one copied to the other replicas.
-   */
+  /** The latest write of `ks` this node is known to have missed (0: none). */
   lastMissed(ks: string): number {
-    if (this.waiting) return Infinity;
     return Math.max(this.missed.get(ks) ?? 0, this.fenced.get(ks) ?? 0);
   }
 }

@@ -35,6 +35,8 @@ export interface RejoinGate {
   complete(node: number, complete: boolean): void;
   /** Stats rows of the gate's own (`stats`). */
   rows?(): [string, string | number][];
+  /** Leave the group (the proxy closes). */
+  close?(): Promise<void>;
 }
 
 /**

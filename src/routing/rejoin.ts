@@ -21,7 +21,7 @@
 
 import type { BackendNode } from '../backend/node.js';
 import { EXPECT_LINE, equals } from '../protocol/response-parser.js';
-import { itemChanged, readItem, storeItem } from './item.js';
+import { casOf, itemChanged, readItem, storeIfUnchanged } from './item.js';
 import { answered } from './reply-rules.js';
 import type { RecoveryCore } from './recovery-core.js';
 import type { Resync } from './resync.js';
@@ -292,7 +292,8 @@ export class Rejoin {
    * write after them. So the up replica with the lowest number holds the
    * newest copy; it is copied to the others that are up. If a replica that is
    * down missed less still, the copies that are up may be older than it:
-   * they are fenced until it returns (or a write replaces them).
+   * they are fenced until it returns (or a write replaces them). So are the
+   * copies older than a best one that waits for other processes (RejoinGate).
    */
   private fence(node: number, key: Buffer, seq: number, cb: (res: FenceResult) => void): void {
     const core = this.core;
@@ -317,6 +318,17 @@ export class Rejoin {
         }
       }
       const targets = [node, ...up].filter((n) => n !== best);
+      // The sequence numbers rank only this process's writes. A node still waiting for other
+      // processes to replay may lack theirs, which reached the other replicas: copied over
+      // them, it would undo those. The copies older than it (by this process's writes) are
+      // fenced instead, everywhere, and fixed once it serves again.
+      if (targets.length > 0 && core.state[best]!.waiting) {
+        for (const t of targets) {
+          const m = core.state[t]!.lastMissed(ks);
+          if (m > bestSeq) core.fenceKey(t, ks, m);
+        }
+        return finish('ok');
+      }
       const settle = (ok: boolean, failedNode = -1): void => {
         if (!ok) return finish(failedNode === node ? 'node' : 'other');
         for (const n of [node, ...up]) {
@@ -335,10 +347,13 @@ export class Rejoin {
    * Copy `key` from `from` to `to` exactly, or delete it there if `from` has
    * no item. Sent direct: either side may be a node that is not serving yet.
    * A write from another process (a worker, another msproxy) may cross the
-   * copy: land on `to` before it and on `from` after the read, leaving `to`
-   * older. So `from` is read again afterwards; if its item changed, the copy
-   * is made again (a few times at most: past that, writes are reaching every
-   * replica anyway).
+   * copy. One that reaches `to` after its item was read here wins: the copy
+   * is made only if `to`'s item is unchanged (its cas), as the write may
+   * have reached only `to` (`from` down in that process, which logged it).
+   * One that lands on `to` before the copy and on `from` after the read
+   * would leave `to` older: so `from` is read again afterwards, and if its
+   * item changed the copy is made again (a few times at most: past that,
+   * writes are reaching every replica anyway).
    */
   private copyItem(
     from: number,
@@ -349,23 +364,43 @@ export class Rejoin {
     tries = COPY_TRIES,
   ): void {
     const direct = this.core.direct;
-    readItem(direct, from, hash, key, (item) => {
-      if (item === undefined) return cb(false, from);
-      const msg = storeItem(key, item);
-      let left = to.length;
-      let failed = -1;
-      for (const t of to) {
-        direct(t, hash, msg, (r) => {
-          if (!answered(r)) failed = t;
-          if (--left > 0) return;
-          if (failed >= 0) return cb(false, failed);
+    const cas: (string | null)[] = [];
+    let left = to.length;
+    let failed = -1;
+    // Each side's answer arrives once; when the last is in, `next` runs (or the copy fails).
+    const gather = (next: () => void) => (): void => {
+      if (--left > 0) return;
+      if (failed >= 0) return cb(false, failed);
+      left = to.length;
+      next();
+    };
+    const copy = (): void =>
+      readItem(direct, from, hash, key, (item) => {
+        if (item === undefined) return cb(false, from);
+        const check = gather(() =>
           itemChanged(direct, from, hash, key, item, (changed) => {
             if (changed === undefined) return cb(false, from);
             if (!changed || tries <= 1) return cb(true);
             this.copyItem(from, to, key, hash, cb, tries - 1);
+          }),
+        );
+        to.forEach((t, i) => {
+          const msg = storeIfUnchanged(key, item, cas[i]!);
+          if (msg === null) return check();
+          // EX, NS or NF: a write reached `t` since its item was read; it stands.
+          direct(t, hash, msg, (r) => {
+            if (!answered(r)) failed = t;
+            check();
           });
         });
-      }
-    });
+      });
+    const read = gather(copy);
+    to.forEach((t, i) =>
+      casOf(direct, t, hash, key, (c) => {
+        if (c === undefined) failed = t;
+        else cas[i] = c;
+        read();
+      }),
+    );
   }
 }

@@ -25,6 +25,7 @@ export class Proxy {
   readonly router: Router;
   readonly recovery: Recovery;
   private readonly log: Logger;
+  private readonly gate: RejoinGate;
   private readonly server: net.Server;
   private readonly sessions = new Map<net.Socket, ClientSession>();
 
@@ -39,6 +40,7 @@ export class Proxy {
   ) {
     this.config = config;
     this.log = log;
+    this.gate = group.gate;
     this.nodes = config.nodes.map(
       (n, index) =>
         new BackendNode(
@@ -201,6 +203,6 @@ export class Proxy {
     for (const s of this.sessions.keys()) s.destroy();
     this.recovery.close();
     for (const n of this.nodes) n.close();
-    await closed;
+    await Promise.all([closed, this.gate.close?.()]);
   }
 }

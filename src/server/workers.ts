@@ -508,10 +508,7 @@ async function serveAsWorker(config: Config, log: Logger, index: number): Promis
     const stop = (): void => {
       if (stopping) return;
       stopping = true;
-      void p
-        .close()
-        .then(() => group?.close())
-        .then(resolve);
+      void p.close().then(resolve);
     };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);

@@ -24,6 +24,7 @@ import {
   type Reply,
   ResponseParser,
 } from '../../src/protocol/response-parser.js';
+import { joinCluster } from '../../src/coordination/etcd-gate.js';
 import { Proxy } from '../../src/server/proxy.js';
 import { Memcached, sleep } from './memcached.js';
 import { Relay } from './relay.js';
@@ -100,8 +101,15 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     );
     const config = parseConfig(raw);
     const logger = pino({ level: process.env.MSP_TEST_LOG ?? 'silent' });
-    let proxy = new Proxy(config, logger);
-    await proxy.start();
+    // With coordination.etcd, a member of that cluster (see scripts/soak.ts).
+    const start = async (): Promise<Proxy> => {
+      const gate = await joinCluster(config, logger);
+      const p = new Proxy(config, logger, gate ? { gate, worker: 0 } : undefined);
+      gate?.bind(p.peer());
+      await p.start();
+      return p;
+    };
+    let proxy = await start();
     const cluster: Cluster = {
       proxy,
       port: proxy.address.port,
@@ -118,8 +126,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       },
       async restartProxy() {
         await proxy.close();
-        proxy = new Proxy(config, logger);
-        await proxy.start();
+        proxy = await start();
         cluster.proxy = proxy;
         cluster.port = proxy.address.port;
       },

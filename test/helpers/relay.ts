@@ -29,6 +29,8 @@ export class Relay {
   private readonly rules: Rule[] = [];
   /** While set, nothing passes either way: a black-holed path (connections stay open). */
   holed = false;
+  /** See before(). */
+  private readonly befores: { match: Buffer; run: () => Promise<void> }[] = [];
 
   private constructor(server: net.Server) {
     this.server = server;
@@ -54,6 +56,15 @@ export class Relay {
     });
   }
 
+  /**
+   * The next time a chunk from a client contains `match`, hold that chunk
+   * (and what follows on its connection) until `run` has finished: another
+   * process's write, say, lands on the node just before it.
+   */
+  before(match: string, run: () => Promise<void>): void {
+    this.befores.push({ match: Buffer.from(match, 'latin1'), run });
+  }
+
   private pipe(client: net.Socket, targetPort: number): void {
     const upstream = net.connect(targetPort, '127.0.0.1');
     this.sockets.add(client);
@@ -71,8 +82,19 @@ export class Relay {
     upstream.on('data', (chunk) => {
       if (!this.holed) client.write(chunk);
     });
+    let held: Promise<void> = Promise.resolve();
+    const forward = (data: Buffer): void => {
+      held = held.then(() => {
+        if (!upstream.destroyed) upstream.write(data);
+      });
+    };
     client.on('data', (chunk: Buffer) => {
       if (this.holed) return;
+      const b = this.befores.findIndex((x) => chunk.includes(x.match));
+      if (b >= 0) {
+        const { run } = this.befores.splice(b, 1)[0]!;
+        held = held.then(run);
+      }
       let data = chunk;
       for (const rule of this.rules) {
         let at: number;
@@ -83,7 +105,7 @@ export class Relay {
           if (rule.action !== 'drop') client.write(rule.action);
         }
       }
-      if (data.length > 0) upstream.write(data);
+      if (data.length > 0) forward(data);
     });
   }
 

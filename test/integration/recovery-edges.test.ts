@@ -10,6 +10,7 @@ import { expect } from 'chai';
 import {
   type Cluster,
   MemcacheClient,
+  direct,
   keyOnReplicas,
   peek,
   sleep,
@@ -39,15 +40,31 @@ describe('recovery edges: failed fixes, stats without nodes', function () {
     return (await statsOf(client!)).get(name);
   }
 
+  /** The cas of `key`'s item on node `i`, read there directly (a copy is made only if unchanged). */
+  async function casOn(i: number, key: string): Promise<string> {
+    const d = await direct(c!.nodes[i]!);
+    try {
+      const line = await d.command(`mg ${key} c`);
+      return /\bc(\d+)/.exec(line)![1]!;
+    } finally {
+      d.close();
+    }
+  }
+
   it('a background fix that fails on the node is retried, and a later write that succeeds there clears the log', async function () {
     c = await startCluster({ nodes: 2, relays: [0] });
     client = await MemcacheClient.connect(c.port);
     const k = keyOnReplicas(c, 'stuck', [0, 1]);
     expect(await client.command(`set ${k} 0 0 2`, 'v1')).to.equal('STORED\r\n');
+    const cas = await casOn(0, k);
     const relay = c.relays.get(0)!;
     relay.intercept(`set ${k} 0 0 2\r\nv2\r\n`, 'SERVER_ERROR out of memory storing object\r\n');
-    // The background fix's copy to node 0 (ms ... F0 T0) gets an error reply too.
-    relay.intercept(`ms ${k} 2 F0 T0\r\nv2\r\n`, 'SERVER_ERROR out of memory storing object\r\n');
+    // The background fix's copy to node 0 (ms ... F0 T0, if its item is still v1's) gets an
+    // error reply too.
+    relay.intercept(
+      `ms ${k} 2 F0 T0 C${cas}\r\nv2\r\n`,
+      'SERVER_ERROR out of memory storing object\r\n',
+    );
     expect(await client.command(`set ${k} 0 0 2`, 'v2')).to.equal('STORED\r\n');
     await until('the fix attempt', 3000, () => relay.intercepted === 2);
     // Node 0 answers everything normally from now on; the key is written again on both nodes.
@@ -66,9 +83,13 @@ describe('recovery edges: failed fixes, stats without nodes', function () {
     client = await MemcacheClient.connect(c.port);
     const k = keyOnReplicas(c, 'stuck', [0, 1]);
     expect(await client.command(`set ${k} 0 0 2`, 'v1')).to.equal('STORED\r\n');
+    const cas = await casOn(0, k);
     const relay = c.relays.get(0)!;
     relay.intercept(`set ${k} 0 0 2\r\nv2\r\n`, 'SERVER_ERROR out of memory storing object\r\n');
-    relay.intercept(`ms ${k} 2 F0 T0\r\nv2\r\n`, 'SERVER_ERROR out of memory storing object\r\n');
+    relay.intercept(
+      `ms ${k} 2 F0 T0 C${cas}\r\nv2\r\n`,
+      'SERVER_ERROR out of memory storing object\r\n',
+    );
     expect(await client.command(`set ${k} 0 0 2`, 'v2')).to.equal('STORED\r\n');
     await until('the fix attempt', 3000, () => relay.intercepted === 2);
     expect(await client.command(`set ${k} 0 0 2`, 'v3')).to.equal('STORED\r\n');
@@ -77,6 +98,31 @@ describe('recovery edges: failed fixes, stats without nodes', function () {
     await c.waitNode(1, false).catch(() => {});
     expect((await peek(c.nodes[0]!, k))?.value).to.equal('v3');
     expect(await client.command(`get ${k}`)).to.equal(`VALUE ${k} 0 2\r\nv3\r\nEND\r\n`);
+  });
+
+  it("a fix's copy does not overwrite a write that reached the node after its item was read", async function () {
+    c = await startCluster({ nodes: 2, relays: [0] });
+    client = await MemcacheClient.connect(c.port);
+    const k = keyOnReplicas(c, 'crossed', [0, 1]);
+    expect(await client.command(`set ${k} 0 0 2`, 'v1')).to.equal('STORED\r\n');
+    const relay = c.relays.get(0)!;
+    relay.intercept(`set ${k} 0 0 2\r\nv2\r\n`, 'SERVER_ERROR out of memory storing object\r\n');
+    // Just before the fix's copy of v2 reaches node 0, another process (one that had node 1
+    // down, say) writes v9 there: the newer write must stand.
+    let crossed = false;
+    relay.before(`ms ${k} 2 F0 T0`, async () => {
+      const d = await direct(c!.nodes[0]!);
+      expect(await d.command(`set ${k} 0 0 2`, 'v9')).to.equal('STORED\r\n');
+      d.close();
+      crossed = true;
+    });
+    expect(await client.command(`set ${k} 0 0 2`, 'v2')).to.equal('STORED\r\n');
+    await until(
+      'the fix copied',
+      3000,
+      async () => crossed && (await stat('proxy_node_0_outage_log')) === '0',
+    );
+    expect((await peek(c.nodes[0]!, k))?.value).to.equal('v9');
   });
 
   it('reads pipelined behind a write that failed on their node read the write from the other replica', async function () {

@@ -199,51 +199,32 @@ export class EtcdGate implements RejoinGate {
   }
 
   fenced(node: number, key: string): void {
-    const k = `fences/${labelKey(this.labels[node]!)}/${Buffer.from(key, 'latin1').toString('hex')}`;
-    this.event(() =>
-      this.client
-        .put(this.key(k))
-        .value(this.id)
-        .exec()
-        .then(() => {}),
-    );
+    this.putLater(this.fenceKey(node, key));
   }
 
   unfenced(node: number, key: string): void {
-    const k = `fences/${labelKey(this.labels[node]!)}/${Buffer.from(key, 'latin1').toString('hex')}`;
+    const k = this.fenceKey(node, key);
     if (this.view.get(k) === undefined) return;
-    this.event(() =>
-      this.client
-        .delete()
-        .key(this.key(k))
-        .exec()
-        .then(() => {}),
-    );
+    this.event(() => this.client.delete().key(this.key(k)).exec());
   }
 
   resyncElsewhere(node: number): void {
-    const k = `resync/${labelKey(this.labels[node]!)}`;
-    this.event(() =>
-      this.client
-        .put(this.key(k))
-        .value(this.id)
-        .exec()
-        .then(() => {}),
-    );
+    this.putLater(`resync/${labelKey(this.labels[node]!)}`);
+  }
+
+  /** The etcd key of a fence of `key` (latin1) on `node`. */
+  private fenceKey(node: number, key: string): string {
+    return `fences/${labelKey(this.labels[node]!)}/${Buffer.from(key, 'latin1').toString('hex')}`;
+  }
+
+  /** Put `k` (with this member's id as its value), in order with the other operations. */
+  private putLater(k: string): void {
+    this.event(() => this.client.put(this.key(k)).value(this.id).exec());
   }
 
   complete(node: number, complete: boolean): void {
     const k = `incomplete/${labelKey(this.labels[node]!)}`;
-    if (!complete) {
-      this.event(() =>
-        this.client
-          .put(this.key(k))
-          .value(this.id)
-          .exec()
-          .then(() => {}),
-      );
-      return;
-    }
+    if (!complete) return this.putLater(k);
     // Refilled: unless the node was found emptied again after this run began (a newer
     // incomplete: its own re-sync follows).
     const seen = this.view.get(k)?.mod ?? 0;

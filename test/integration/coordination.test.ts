@@ -95,6 +95,12 @@ describe('coordination through etcd: several instances', function () {
     );
   }
 
+  /** A session workload whose every request goes to one of `ps` at random. */
+  function spread(ps: ProxyProcess[]): Promise<SessionWorkload> {
+    const ports = ps.map((p) => p.port);
+    return SessionWorkload.start({ port: ports[0]!, ports, clients: 30, keysPerClient: 10 });
+  }
+
   async function expectClean(w: SessionWorkload, what: string): Promise<void> {
     for (const [i, p] of proxies.entries()) {
       if (p.exitSignal !== null) continue;
@@ -155,13 +161,7 @@ describe('coordination through etcd: several instances', function () {
 
   it('a hang with traffic spread over three instances, each session read through any of them', async function () {
     const ps = await start(3);
-    const ports = ps.map((p) => p.port);
-    const w = await SessionWorkload.start({
-      port: ports[0]!,
-      ports,
-      clients: 30,
-      keysPerClient: 10,
-    });
+    const w = await spread(ps);
     await w.run(1000);
     nodes[2]!.pause();
     await w.run(2500);
@@ -191,8 +191,7 @@ describe('coordination through etcd: several instances', function () {
     );
     proxies.push(a);
     const [, b] = await start(1).then(() => proxies);
-    const ports = [a.port, b!.port];
-    const w = await SessionWorkload.start({ port: a.port, ports, clients: 30, keysPerClient: 10 });
+    const w = await spread([a, b!]);
     await w.run(1000);
     relay.holed = true;
     await until('b takes node1 out of service', 10_000, async () => !(await serves(b!, 1)), logs);
@@ -246,8 +245,7 @@ describe('coordination through etcd: several instances', function () {
 
   it('etcd killed during an outage: no instance reads the returning node until etcd is back', async function () {
     const [a, b] = await start(2);
-    const ports = [a!.port, b!.port];
-    const w = await SessionWorkload.start({ port: a!.port, ports, clients: 30, keysPerClient: 10 });
+    const w = await spread([a!, b!]);
     await w.run(1000);
     nodes[0]!.pause();
     await until('b takes node0 out of service', 10_000, async () => !(await serves(b!, 0)), logs);
@@ -286,19 +284,13 @@ describe('coordination through etcd: several instances', function () {
 
   it('a rolling restart of the instances under load', async function () {
     const ps = await start(2);
-    const ports = ps.map((p) => p.port);
-    const w = await SessionWorkload.start({
-      port: ports[0]!,
-      ports,
-      clients: 30,
-      keysPerClient: 10,
-    });
+    const w = await spread(ps);
     await w.run(1000);
     for (let i = 0; i < 2; i++) {
       await ps[i]!.stop();
       // The same port again, as a service manager restarts it.
       const c = config();
-      c['listen'] = `127.0.0.1:${ports[i]}`;
+      c['listen'] = `127.0.0.1:${ps[i]!.port}`;
       ps[i] = await ProxyProcess.start(c);
       await w.run(1000);
     }
@@ -311,13 +303,7 @@ describe('coordination through etcd: several instances', function () {
 
   it('three instances: a node restarted empty, then its partner killed, loses no session', async function () {
     const ps = await start(3);
-    const ports = ps.map((p) => p.port);
-    const w = await SessionWorkload.start({
-      port: ports[0]!,
-      ports,
-      clients: 30,
-      keysPerClient: 10,
-    });
+    const w = await spread(ps);
     await w.run(1000);
     nodes[0] = await nodes[0]!.restart();
     await w.run(500);

@@ -71,10 +71,6 @@ export async function main(argv: string[]): Promise<number> {
     return 1;
   }
   // A second SIGINT or SIGTERM, whichever the first was, ends the process at once.
-  await new Promise<void>((resolve) =>
-    onStopSignals(log, () => {
-      void proxy.close().then(resolve);
-    }),
-  );
+  await new Promise<void>((resolve) => onStopSignals(log, () => void proxy.close().then(resolve)));
   return 0;
 }

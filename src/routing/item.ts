@@ -119,9 +119,8 @@ export function itemChanged(
   item: Item | null,
   cb: (changed: boolean | undefined) => void,
 ): void {
-  via(node, hash, encodeMeta('mg', key, 'c'), (r) => {
-    if (!answered(r)) return cb(undefined);
-    const now = startsWith(r.line, 'HD') ? parseMetaFlags(r.line).get('c') : undefined;
-    cb(item === null ? now !== undefined : now !== item.cas);
+  casOf(via, node, hash, key, (now) => {
+    if (now === undefined) return cb(undefined);
+    cb(item === null ? now !== null : now !== item.cas);
   });
 }

@@ -252,44 +252,39 @@ async function main() {
   const lone = await memcached();
   const targets = [];
 
-  const mport = await freePort();
   const config = {
-    listen: { host: '127.0.0.1', port: mport },
     nodes: nodes.map((n) => ({ host: '127.0.0.1', port: n.port })),
     replicas: 2,
     limits: { maxClients: IDLE + 1000 },
     log: { level: 'warn' },
   };
-  writeFileSync(join(dir, 'msproxy.json'), JSON.stringify(config));
-  const msproxy = start(
-    0,
-    process.execPath,
-    [...binNodeFlags(), join(root, 'bin', 'msproxy.js'), '--config', join(dir, 'msproxy.json')],
-    {
-      env: { ...process.env, UV_THREADPOOL_SIZE: '1' },
-    },
-  );
-  await waitPort(mport, 'msproxy');
-  targets.push({ name: 'msproxy', port: mport, pid: msproxy.pid, prefix: 'm:' });
-  if (WORKERS > 1) {
-    const wport = await freePort();
-    const wconfig = { ...config, listen: { host: '127.0.0.1', port: wport }, workers: WORKERS };
-    writeFileSync(join(dir, 'msproxy-workers.json'), JSON.stringify(wconfig));
-    const mw = start(
+  /**
+   * msproxy (from `checkout`) on a free port with `config` and `extra`, pinned to core 0, as
+   * the target `name`.
+   */
+  const msproxyTarget = async (name, prefix, extra = {}, checkout = root) => {
+    const port = await freePort();
+    const file = join(dir, `${name}.json`);
+    writeFileSync(
+      file,
+      JSON.stringify({ ...config, listen: { host: '127.0.0.1', port }, ...extra }),
+    );
+    const child = start(
       0,
       process.execPath,
-      [
-        ...binNodeFlags(),
-        join(root, 'bin', 'msproxy.js'),
-        '--config',
-        join(dir, 'msproxy-workers.json'),
-      ],
+      [...binNodeFlags(checkout), join(checkout, 'bin', 'msproxy.js'), '--config', file],
       { env: { ...process.env, UV_THREADPOOL_SIZE: '1' } },
     );
-    await waitPort(wport, 'msproxy workers');
+    // With etcd it listens once it joined the cluster.
+    await waitPort(port, name, 20000);
+    return { name, port, pid: child.pid, prefix };
+  };
+  const msproxy = await msproxyTarget('msproxy', 'm:');
+  targets.push(msproxy);
+  if (WORKERS > 1) {
+    targets.push(await msproxyTarget(`msproxy-w${WORKERS}`, 'w:', { workers: WORKERS }));
     // The port answers once the first worker listens: give the others a moment.
     await new Promise((r) => setTimeout(r, 1000));
-    targets.push({ name: `msproxy-w${WORKERS}`, port: wport, pid: mw.pid, prefix: 'w:' });
   }
 
   if (ETCD) {
@@ -315,49 +310,19 @@ async function main() {
       'zap',
     ]);
     await waitPort(client, 'etcd');
-    const eport = await freePort();
-    const econfig = {
-      ...config,
-      listen: { host: '127.0.0.1', port: eport },
-      coordination: {
-        etcd: { endpoints: [`http://127.0.0.1:${client}`], prefix: '/msproxy/bench' },
-      },
-    };
-    writeFileSync(join(dir, 'msproxy-etcd.json'), JSON.stringify(econfig));
-    const me = start(
-      0,
-      process.execPath,
-      [
-        ...binNodeFlags(),
-        join(root, 'bin', 'msproxy.js'),
-        '--config',
-        join(dir, 'msproxy-etcd.json'),
-      ],
-      { env: { ...process.env, UV_THREADPOOL_SIZE: '1' } },
+    targets.push(
+      await msproxyTarget('msproxy-etcd', 'e:', {
+        coordination: {
+          etcd: { endpoints: [`http://127.0.0.1:${client}`], prefix: '/msproxy/bench' },
+        },
+      }),
     );
-    await waitPort(eport, 'msproxy with etcd', 20000);
-    targets.push({ name: 'msproxy-etcd', port: eport, pid: me.pid, prefix: 'e:' });
   }
 
   if (BASELINE !== null) {
     const base = join(process.cwd(), BASELINE);
     execFileSync('npm', ['run', 'build'], { cwd: base, stdio: 'inherit' });
-    const bport = await freePort();
-    const bconfig = { ...config, listen: { host: '127.0.0.1', port: bport } };
-    writeFileSync(join(dir, 'msproxy-baseline.json'), JSON.stringify(bconfig));
-    const mb = start(
-      0,
-      process.execPath,
-      [
-        ...binNodeFlags(base),
-        join(base, 'bin', 'msproxy.js'),
-        '--config',
-        join(dir, 'msproxy-baseline.json'),
-      ],
-      { env: { ...process.env, UV_THREADPOOL_SIZE: '1' } },
-    );
-    await waitPort(bport, 'baseline msproxy');
-    targets.push({ name: 'baseline', port: bport, pid: mb.pid, prefix: 'b:' });
+    targets.push(await msproxyTarget('baseline', 'b:', {}, base));
   }
 
   const nutcracker = which('nutcracker');
@@ -513,7 +478,7 @@ async function main() {
   for (let i = 0; i < IDLE; i++) {
     socks.push(
       await new Promise((resolve, reject) => {
-        const s = net.connect(mport, '127.0.0.1', () => resolve(s));
+        const s = net.connect(msproxy.port, '127.0.0.1', () => resolve(s));
         s.on('error', reject);
       }),
     );

@@ -51,6 +51,11 @@ export interface EtcdOptions {
   timeoutMs: number;
 }
 
+/** A fenced key as its etcd key segment holds it (hex of its bytes), back to latin1. */
+function unhex(hex: string): string {
+  return Buffer.from(hex, 'hex').toString('latin1');
+}
+
 type WatchBackoff = NonNullable<NonNullable<IOptions['faultHandling']>['watchBackoff']>;
 
 /** Wait before an etcd call that failed is tried again. */
@@ -70,6 +75,8 @@ export class EtcdGate implements RejoinGate {
   private readonly options: EtcdOptions;
   private readonly log: Logger;
   private readonly labels: readonly string[];
+  /** Node index by its label as a key segment (labelKey). */
+  private readonly nodeByKey: Map<string, number>;
   private readonly view = new ClusterView();
   private peer: ClusterPeer | null = null;
   /** This member's id (a new one after a lost lease). */
@@ -101,6 +108,7 @@ export class EtcdGate implements RejoinGate {
   private constructor(options: EtcdOptions, labels: readonly string[], log: Logger) {
     this.options = options;
     this.labels = labels;
+    this.nodeByKey = new Map(labels.map((label, i) => [labelKey(label), i]));
     this.log = log.child({ coordination: 'etcd' });
     this.waiters = labels.map(() => null);
     this.flushes = labels.map(() => 0);
@@ -129,13 +137,12 @@ export class EtcdGate implements RejoinGate {
   /**
    * Connect and join the cluster: resolves once this process is a member and
    * knows the cluster's state (retries while etcd cannot be reached, logging
-   * why; rejects only if `signal` aborts).
+   * why).
    */
   static async join(
     options: EtcdOptions,
     labels: readonly string[],
     log: Logger,
-    signal?: AbortSignal,
   ): Promise<EtcdGate> {
     const gate = new EtcdGate(options, labels, log);
     for (let attempt = 1; ; attempt++) {
@@ -143,10 +150,6 @@ export class EtcdGate implements RejoinGate {
         await gate.attach();
         return gate;
       } catch (err) {
-        if (signal?.aborted) {
-          await gate.close();
-          throw err;
-        }
         if (attempt === 1 || attempt % 20 === 0) {
           gate.log.warn({ err: String(err) }, 'cannot join the cluster through etcd; retrying');
         }
@@ -165,7 +168,7 @@ export class EtcdGate implements RejoinGate {
       if (this.view.outage(label) !== undefined) peer.markDown(i, 'down in the cluster');
       if (this.view.incomplete(label) !== undefined) peer.setComplete(i, false);
       for (const [hex] of this.view.under(`fences/${labelKey(label)}`)) {
-        peer.fence(i, Buffer.from(hex, 'hex').toString('latin1'));
+        peer.fence(i, unhex(hex));
       }
     });
     this.evaluate();
@@ -378,8 +381,15 @@ export class EtcdGate implements RejoinGate {
   // ------------------------------------------------------------------ watch
 
   /** Apply a put to the view, and act on it unless `act` is false (a snapshot). */
-  private applyPut(kv: IKeyValue, act = true): void {
+  /** A watched key without the prefix, its directory, its node (-1: none) and the rest. */
+  private split(kv: IKeyValue): { k: string; dir: string; node: number; rest?: string } {
     const k = kv.key.toString().slice(this.options.prefix.length + 1);
+    const [dir, l, rest] = k.split('/');
+    return { k, dir: dir!, node: l === undefined ? -1 : (this.nodeByKey.get(l) ?? -1), rest };
+  }
+
+  private applyPut(kv: IKeyValue, act = true): void {
+    const { k, dir, node, rest } = this.split(kv);
     const before = this.view.get(k);
     const entry = {
       value: kv.value.toString(),
@@ -388,10 +398,7 @@ export class EtcdGate implements RejoinGate {
     };
     this.view.put(k, entry);
     const peer = this.peer;
-    if (peer === null || !act || this.watcher === null) return;
-    const [dir, l, rest] = k.split('/');
-    const node = l === undefined ? -1 : this.labels.findIndex((x) => labelKey(x) === l);
-    if (node < 0) return;
+    if (peer === null || !act || this.watcher === null || node < 0) return;
     switch (dir) {
       case 'down':
         if (before === undefined && entry.value !== this.id) {
@@ -400,7 +407,7 @@ export class EtcdGate implements RejoinGate {
         return;
       case 'fences':
         if (entry.value !== this.id && rest !== undefined) {
-          peer.fence(node, Buffer.from(rest, 'hex').toString('latin1'));
+          peer.fence(node, unhex(rest));
         }
         return;
       case 'incomplete':
@@ -417,14 +424,11 @@ export class EtcdGate implements RejoinGate {
   }
 
   private applyDelete(kv: IKeyValue): void {
-    const k = kv.key.toString().slice(this.options.prefix.length + 1);
+    const { k, dir, node } = this.split(kv);
     const had = this.view.get(k);
     this.view.delete(k, Number(kv.mod_revision));
     const peer = this.peer;
-    if (peer === null || had === undefined || this.watcher === null) return;
-    const [dir, l] = k.split('/');
-    const node = l === undefined ? -1 : this.labels.findIndex((x) => labelKey(x) === l);
-    if (node < 0) return;
+    if (peer === null || had === undefined || this.watcher === null || node < 0) return;
     if (dir === 'incomplete') peer.setComplete(node, true);
     // An outage ends: evaluate() releases this member's wait for it.
   }

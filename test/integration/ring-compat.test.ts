@@ -8,26 +8,14 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { Ring } from '../../src/routing/ring.js';
-import { Memcached, sleep } from '../helpers/memcached.js';
+import { Memcached, freePort, sleep } from '../helpers/memcached.js';
 import { MemcacheClient, keysOn } from '../helpers/proxy.js';
 
 const NUTCRACKER = '/usr/sbin/nutcracker';
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 async function connectWithRetry(
   port: number,

@@ -56,6 +56,12 @@ function unhex(hex: string): string {
   return Buffer.from(hex, 'hex').toString('latin1');
 }
 
+/** The stamp of the missed write a fence's value (`<member> <stamp>`) names; undefined if none. */
+function fenceStamp(value: string): number | undefined {
+  const n = Number(value.slice(value.indexOf(' ') + 1));
+  return value.includes(' ') && Number.isSafeInteger(n) && n > 0 ? n : undefined;
+}
+
 type WatchBackoff = NonNullable<NonNullable<IOptions['faultHandling']>['watchBackoff']>;
 
 /** Wait before an etcd call that failed is tried again. */
@@ -167,8 +173,8 @@ export class EtcdGate implements RejoinGate {
     this.labels.forEach((label, i) => {
       if (this.view.outage(label) !== undefined) peer.markDown(i, 'down in the cluster');
       if (this.view.incomplete(label) !== undefined) peer.setComplete(i, false);
-      for (const [hex] of this.view.under(`fences/${labelKey(label)}`)) {
-        peer.fence(i, unhex(hex));
+      for (const [hex, e] of this.view.under(`fences/${labelKey(label)}`)) {
+        peer.fence(i, unhex(hex), fenceStamp(e.value));
       }
     });
     this.evaluate();
@@ -201,8 +207,9 @@ export class EtcdGate implements RejoinGate {
     this.evaluate();
   }
 
-  fenced(node: number, key: string): void {
-    this.putLater(this.fenceKey(node, key));
+  fenced(node: number, key: string, seq: number): void {
+    const k = this.key(this.fenceKey(node, key));
+    this.event(() => this.client.put(k).value(`${this.id} ${seq}`).exec());
   }
 
   unfenced(node: number, key: string): void {
@@ -406,8 +413,8 @@ export class EtcdGate implements RejoinGate {
         }
         return;
       case 'fences':
-        if (entry.value !== this.id && rest !== undefined) {
-          peer.fence(node, unhex(rest));
+        if (!entry.value.startsWith(`${this.id} `) && rest !== undefined) {
+          peer.fence(node, unhex(rest), fenceStamp(entry.value));
         }
         return;
       case 'incomplete':

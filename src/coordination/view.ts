@@ -20,7 +20,8 @@
  * - `incomplete/<L>`: the node may lack acknowledged writes until a re-sync
  *   refills it; its mod revision tells a stale "refilled" from a current one.
  * - `fences/<L>/<hex key>`: the node's copy of a key is not to be read until
- *   fixed (see RejoinGate).
+ *   fixed (see RejoinGate). Value: the member, and the stamp of the write the
+ *   copy missed (recovery.ts), which ranks it against the other copies.
  * - `resync/<L>`: a member that does not run re-syncs asks the leader for one.
  */
 

@@ -4,7 +4,7 @@
  * and timers and sockets that end when the proxy closes.
  *
  * Per node, the state holds its outage log (the keys it missed, each with the
- * sequence number of the latest write of it the node missed), its fences
+ * stamp of the latest write of it the node missed, see Recovery), its fences
  * (keys whose copy there may be older than a replica that is down), and
  * whether it is complete: known to hold every acknowledged write for keys
  * outside its log and fences. A node is complete until it restarts empty or
@@ -35,11 +35,11 @@ export type ResyncState = 'idle' | 'running' | 'done' | 'failed';
 export const RESYNC_RETRY_MS = 1000;
 
 export class NodeRecovery {
-  /** Outage log: key (latin1) -> sequence number of the latest write of it this node missed. */
+  /** Outage log: key (latin1) -> stamp of the latest write of it this node missed. */
   missed = new Map<string, number>();
   /**
    * Keys whose copy here may be older than a replica that is down (it missed a
-   * later write than that replica did), with that sequence number. Not read
+   * later write than that replica did), with that stamp. Not read
    * here, never the authority, until checked against that replica or replaced
    * by a write.
    */
@@ -135,7 +135,7 @@ export class RecoveryCore {
     const f = this.state[node]!.fenced;
     if ((f.get(ks) ?? 0) >= seq) return;
     f.set(ks, seq);
-    this.gate.fenced(node, ks);
+    this.gate.fenced(node, ks, seq);
   }
 
   /** `node`'s copy of `ks` is trusted again (fixed, or replaced by a write). */

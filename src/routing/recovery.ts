@@ -32,7 +32,12 @@ export class Recovery {
   private readonly core: RecoveryCore;
   private readonly rejoin: Rejoin;
   private readonly resyncer: Resync;
-  /** Numbers the misses, in order (see Rejoin's fence). */
+  /**
+   * Stamps the misses, in order (see Rejoin's fence): a hybrid clock, never
+   * less than the previous stamp plus one nor than the wall clock in 1/1024 ms,
+   * so stamps from different processes (sharing fences) compare as their
+   * writes happened, to within the clocks' agreement.
+   */
   private seq = 0;
 
   constructor(
@@ -55,7 +60,8 @@ export class Recovery {
     const core = this.core;
     const s = core.state[node]!;
     if (s.overflow) return;
-    s.missed.set(key.toString('latin1'), ++this.seq);
+    this.seq = Math.max(this.seq + 1, Date.now() * 1024);
+    s.missed.set(key.toString('latin1'), this.seq);
     if (s.missed.size > core.options.outageLogMax) {
       core.log.warn({ node: core.nodes[node]!.label }, 'outage log overflowed');
       return this.missedFlush(node);
@@ -120,11 +126,13 @@ export class Recovery {
   }
 
   /**
-   * Another process fenced `ks` on `node`. Its sequence numbers are not ours, so
-   * the copy counts as older than any: the next fix copies it from another replica.
+   * Another process fenced `ks` on `node` after it missed the write stamped
+   * `seq` there (its stamps compare with ours). Unknown (an older peer): the
+   * copy counts as older than any.
    */
-  remoteFence(node: number, ks: string): void {
-    this.core.state[node]!.fenced.set(ks, Number.MAX_SAFE_INTEGER);
+  remoteFence(node: number, ks: string, seq = Number.MAX_SAFE_INTEGER): void {
+    const f = this.core.state[node]!.fenced;
+    if ((f.get(ks) ?? 0) < seq) f.set(ks, seq);
   }
 
   /** Another process learnt whether `node` is complete (emptied, or refilled by its re-sync). */

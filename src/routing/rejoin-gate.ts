@@ -25,8 +25,11 @@ export interface RejoinGate {
   down(node: number): void;
   /** This process brought `node` up to date; `go` once every process has. */
   ready(node: number, go: () => void): void;
-  /** This process stopped trusting `node`'s copy of `key` (a latin1 string). */
-  fenced(node: number, key: string): void;
+  /**
+   * This process stopped trusting `node`'s copy of `key` (a latin1 string):
+   * it missed the write stamped `seq` (recovery.ts), which others compare with theirs.
+   */
+  fenced(node: number, key: string, seq: number): void;
   /** This process trusts `node`'s copy of `key` again: it was fixed or replaced by a write. */
   unfenced(node: number, key: string): void;
   /** `node` needs a re-sync and this process does not run them: ask the one that does. */
@@ -48,8 +51,8 @@ export interface ClusterPeer {
   isUp(node: number): boolean;
   /** Take `node` out of service (it rejoins as after its own outage). */
   markDown(node: number, reason: string): void;
-  /** Another member stopped trusting `node`'s copy of `key` (latin1). */
-  fence(node: number, key: string): void;
+  /** Another member stopped trusting `node`'s copy of `key` (latin1); `seq`: see `fenced`. */
+  fence(node: number, key: string, seq?: number): void;
   /** `node` must be flushed before it serves (a lost outage log). */
   flush(node: number): void;
   /** Refill `node` (this member runs re-syncs). */

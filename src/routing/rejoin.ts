@@ -4,9 +4,9 @@
  *
  * When a down node answers its probe it does not serve yet. Each key in its
  * outage log is first brought up to date on it (`fence`): the replica that
- * missed the least (lowest sequence number) holds the newest copy, which is
- * copied to the others (item.ts), holding the key so no client command
- * interleaves. Keys logged meanwhile are replayed too; the node serves again
+ * missed the least (the earliest stamp, see Recovery) holds the newest copy,
+ * which is copied to the others (item.ts), holding the key so no client
+ * command interleaves. Keys logged meanwhile are replayed too; the node serves again
  * once the log is empty. An overflowed log takes the safe path instead: the
  * node is flushed and refills (re-sync). A key whose newest copy may be on a
  * replica that is still down is fenced on the others until it returns.
@@ -286,11 +286,11 @@ export class Rejoin {
   }
 
   /**
-   * Make the replicas of `key` agree after `node` missed write number `seq`.
-   * Each replica's last missed write (its log or fence entry) says how fresh
-   * it is: one that missed only earlier writes received every acknowledged
-   * write after them. So the up replica with the lowest number holds the
-   * newest copy; it is copied to the others that are up. If a replica that is
+   * Make the replicas of `key` agree after `node` missed the write stamped
+   * `seq`. Each replica's last missed write (its log or fence entry, this
+   * process's or another's) says how fresh it is: one that missed only
+   * earlier writes received every acknowledged write after them. So the up
+   * replica with the earliest stamp holds the newest copy; it is copied to the others that are up. If a replica that is
    * down missed less still, the copies that are up may be older than it:
    * they are fenced until it returns (or a write replaces them). So are the
    * copies older than a best one that waits for other processes (RejoinGate).
@@ -318,9 +318,9 @@ export class Rejoin {
         }
       }
       const targets = [node, ...up].filter((n) => n !== best);
-      // The sequence numbers rank only this process's writes. A node still waiting for other
-      // processes to replay may lack theirs, which reached the other replicas: copied over
-      // them, it would undo those. The copies older than it (by this process's writes) are
+      // A node still waiting for other processes to replay may lack their writes, which
+      // reached the other replicas and which this process knows nothing of yet: copied over
+      // them, it would undo those. The copies older than it (by what this process knows) are
       // fenced instead, everywhere, and fixed once it serves again.
       if (targets.length > 0 && core.state[best]!.waiting) {
         for (const t of targets) {

@@ -21,6 +21,7 @@ import {
   answered,
   bestReply,
   isReply,
+  missIsTrue,
   notFound,
 } from './reply-rules.js';
 import type { Done, Route, RouteContext } from './route-context.js';
@@ -59,7 +60,9 @@ function writeAll(
     answeredClient = true;
     const chosen = bestReply(replies, success);
     if (chosen < 0) return done(ctx.unavailable(req));
-    done(ctx.clientReply(req, replies[chosen] as Reply, route[chosen]!));
+    const reply = replies[chosen] as Reply;
+    if (notFound(reply) && !missProven(ctx, req, route, replies)) return done(ctx.unavailable(req));
+    done(ctx.clientReply(req, reply, route[chosen]!));
   };
   const quiet = quietMeta(req);
   // A set or delete replaces a node's copy whole (touch does not).
@@ -81,6 +84,28 @@ function writeAll(
     if (quiet) ctx.sendQuiet(node, hash, data, cb);
     else ctx.send(node, hash, data, EXPECT_LINE, cb);
   });
+}
+
+/**
+ * Whether a delete or touch that found no item may say so (NOT_FOUND): by
+ * the rule reads follow (reply-rules.ts `missIsTrue`), counting only the
+ * replicas whose copy may be read. A miss on a copy not trusted (a node
+ * another process has not replayed, a key it missed) proves nothing: the
+ * item may be on a replica out of the route. The write still took effect
+ * where it went, and is logged for the others; the client gets SERVER_ERROR.
+ */
+function missProven(
+  ctx: RouteContext,
+  req: Request,
+  route: Route,
+  replies: readonly (ReplyOrErr | undefined)[],
+): boolean {
+  const missedOn: number[] = [];
+  for (let i = 0; i < replies.length; i++) {
+    const r = replies[i];
+    if (isReply(r) && notFound(r) && ctx.answers(route[i]!, req.key)) missedOn.push(route[i]!);
+  }
+  return missIsTrue(ctx.replicaSet(req.key), missedOn, ctx.complete);
 }
 
 /**

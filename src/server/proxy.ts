@@ -151,7 +151,7 @@ export class Proxy {
     return {
       isUp: (node) => this.nodes[node]!.isUp,
       markDown: (node, reason) => this.nodes[node]!.markDownNow(reason),
-      fence: (node, key) => this.recovery.remoteFence(node, key),
+      fence: (node, key, seq) => this.recovery.remoteFence(node, key, seq),
       flush: (node) => this.recovery.missedFlush(node),
       resync: (node) => this.recovery.resync(node),
       setComplete: (node, complete) => this.recovery.remoteComplete(node, complete),

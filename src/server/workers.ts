@@ -33,7 +33,7 @@ export type ToPrimary =
   | { msp: 'listening'; host: string; port: number }
   | { msp: 'down'; node: number }
   | { msp: 'ready'; node: number; epoch: number }
-  | { msp: 'fence'; node: number; key: string }
+  | { msp: 'fence'; node: number; key: string; seq: number }
   /** Got the `flush`: every later ready of the node comes after the flush. */
   | { msp: 'flushing'; node: number }
   /** The node needs a re-sync, which worker 0 runs. */
@@ -50,7 +50,7 @@ export type ToWorker =
   | { msp: 'init'; down: number[]; incomplete: number[] }
   | { msp: 'down'; node: number }
   | { msp: 'go'; node: number; epoch: number }
-  | { msp: 'fence'; node: number; key: string }
+  | { msp: 'fence'; node: number; key: string; seq: number }
   | { msp: 'flush'; node: number }
   | { msp: 'resync'; node: number }
   | { msp: 'complete'; node: number; complete: boolean };
@@ -244,8 +244,8 @@ export class WorkerGate implements RejoinGate {
     this.post({ msp: 'ready', node, epoch });
   }
 
-  fenced(node: number, key: string): void {
-    this.post({ msp: 'fence', node, key });
+  fenced(node: number, key: string, seq: number): void {
+    this.post({ msp: 'fence', node, key, seq });
   }
 
   /** Each worker fixes its own fences (the others' copies of a fence need no word). */
@@ -460,7 +460,7 @@ async function serveAsWorker(config: Config, log: Logger, index: number): Promis
       case 'go':
         return gate.go(msg.node, msg.epoch);
       case 'fence':
-        return p.fence(msg.node, msg.key);
+        return p.fence(msg.node, msg.key, msg.seq);
       case 'flush':
         post({ msp: 'flushing', node: msg.node });
         return p.flush(msg.node);

@@ -353,4 +353,26 @@ describe('coordination through etcd: several instances', function () {
     await until('node1 serves again through b', 15_000, async () => serves(b!, 1), logs);
     await expectClean(w, 'once it serves again');
   });
+
+  it('three instances: every node hangs at once, then all come back in a different order in each', async function () {
+    // Each instance takes a node's writes again on its own probe: for a moment one writes a key
+    // to one replica only and another to the other. The fixes must rank those writes as they
+    // happened, and a delete must not answer NOT_FOUND from a copy not yet trusted.
+    const ps = await start(3);
+    const ports = ps.map((p) => p.port);
+    const w = await SessionWorkload.start({
+      port: ports[0]!,
+      ports,
+      clients: 40,
+      keysPerClient: 25,
+    });
+    await w.run(1500);
+    for (const n of nodes) n.pause();
+    await sleep(2000);
+    for (const n of nodes) n.resume();
+    await w.run(2500);
+    await w.stop();
+    expect(w.violations, formatViolations(w.violations)).to.deep.equal([]);
+    await expectClean(w, 'after the hang');
+  });
 });

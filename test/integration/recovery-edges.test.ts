@@ -125,6 +125,48 @@ describe('recovery edges: failed fixes, stats without nodes', function () {
     expect((await peek(c.nodes[0]!, k))?.value).to.equal('v9');
   });
 
+  it("another process's fence ranks by the stamp of the write it missed: the copy that missed the older write is kept", async function () {
+    c = await startCluster({ nodes: 2, relays: [1] });
+    client = await MemcacheClient.connect(c.port);
+    const k = keyOnReplicas(c, 'stamped', [0, 1]);
+    expect(await client.command(`set ${k} 0 0 2`, 'v1')).to.equal('STORED\r\n');
+    // Node 1 misses v2 here (it never gets it); node 0, another process says, missed one of
+    // its writes 10 s ago. The fix of node 1 waits until its path is open again.
+    const relay = c.relays.get(1)!;
+    relay.holed = true;
+    expect(await client.command(`set ${k} 0 0 2`, 'v2')).to.equal('STORED\r\n');
+    c.proxy.peer().fence(0, k, (Date.now() - 10_000) * 1024);
+    relay.holed = false;
+    await until('node 1 fixed and serving', 5000, async () => {
+      const s = await statsOf(client!);
+      return (
+        s.get('proxy_node_1_up') === '1' &&
+        s.get('proxy_node_1_outage_log') === '0' &&
+        s.get('proxy_node_0_fenced_keys') === '0'
+      );
+    });
+    expect((await peek(c.nodes[0]!, k))?.value).to.equal('v2');
+    expect((await peek(c.nodes[1]!, k))?.value).to.equal('v2');
+    expect(await client.command(`get ${k}`)).to.equal(`VALUE ${k} 0 2\r\nv2\r\nEND\r\n`);
+  });
+
+  it('a delete that misses only on a copy not trusted answers SERVER_ERROR, not NOT_FOUND', async function () {
+    c = await startCluster({ nodes: 2 });
+    client = await MemcacheClient.connect(c.port);
+    const k = keyOnReplicas(c, 'untrusted', [0, 1]);
+    expect(await client.command(`set ${k} 0 0 2`, 'v1')).to.equal('STORED\r\n');
+    // Node 1's copy is gone and not trusted (another process fenced it); node 0 then hangs.
+    const d = await direct(c.nodes[1]!);
+    expect(await d.command(`md ${k}`)).to.equal('HD\r\n');
+    d.close();
+    c.proxy.peer().fence(1, k, Date.now() * 1024);
+    c.nodes[0]!.pause();
+    paused.push(c.nodes[0]!);
+    // The item may be on node 0: node 1's miss proves nothing.
+    expect(await client.command(`delete ${k}`)).to.equal(NO_REPLICA);
+    expect(await client.command(`touch ${k} 100`)).to.equal(NO_REPLICA);
+  });
+
   it('reads pipelined behind a write that failed on their node read the write from the other replica', async function () {
     c = await startCluster({ nodes: 2, relays: [0] });
     client = await MemcacheClient.connect(c.port);

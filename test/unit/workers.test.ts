@@ -250,10 +250,10 @@ describe('RejoinCoordinator', function () {
     const { c, sent } = coordinator();
     for (const w of [0, 1, 2]) c.join(w);
     sent.length = 0;
-    c.message(1, { msp: 'fence', node: 0, key: 'k\u00ff' });
+    c.message(1, { msp: 'fence', node: 0, key: 'k\u00ff', seq: 7 });
     expect(sent).to.deep.equal([
-      [0, { msp: 'fence', node: 0, key: 'k\u00ff' }],
-      [2, { msp: 'fence', node: 0, key: 'k\u00ff' }],
+      [0, { msp: 'fence', node: 0, key: 'k\u00ff', seq: 7 }],
+      [2, { msp: 'fence', node: 0, key: 'k\u00ff', seq: 7 }],
     ]);
   });
 });
@@ -269,13 +269,13 @@ describe('WorkerGate', function () {
     gate.ready(1, () => released++);
     gate.down(1);
     gate.ready(1, () => (released += 10));
-    gate.fenced(0, 'abc');
+    gate.fenced(0, 'abc', 42);
     expect(posted).to.deep.equal([
       { msp: 'down', node: 1 },
       { msp: 'ready', node: 1, epoch: 1 },
       { msp: 'down', node: 1 },
       { msp: 'ready', node: 1, epoch: 2 },
-      { msp: 'fence', node: 0, key: 'abc' },
+      { msp: 'fence', node: 0, key: 'abc', seq: 42 },
     ]);
     gate.go(1, 1); // answers the first ready: the node went down since
     expect(released).to.equal(0);

@@ -93,6 +93,8 @@ export class EtcdGate implements RejoinGate {
   private watchOk = false;
   private closed = false;
   private readonly waiters: (Waiter | null)[];
+  /** Per node: acknowledgements held until the view shows the node down (see downKnown). */
+  private readonly downWaits: (() => void)[][];
   private readonly flushes: number[];
   /** Per node: the revision of the outage this member opened last (see evaluate). */
   private readonly opened: number[];
@@ -110,6 +112,7 @@ export class EtcdGate implements RejoinGate {
   /** Counters for stats. */
   private detaches = 0;
   private flushClaims = 0;
+  private unconfirmedAcks = 0;
 
   private constructor(options: EtcdOptions, labels: readonly string[], log: Logger) {
     this.options = options;
@@ -117,6 +120,7 @@ export class EtcdGate implements RejoinGate {
     this.nodeByKey = new Map(labels.map((label, i) => [labelKey(label), i]));
     this.log = log.child({ coordination: 'etcd' });
     this.waiters = labels.map(() => null);
+    this.downWaits = labels.map(() => []);
     this.flushes = labels.map(() => 0);
     this.opened = labels.map(() => 0);
     this.client = new Etcd3({
@@ -193,6 +197,27 @@ export class EtcdGate implements RejoinGate {
   down(node: number): void {
     this.waiters[node] = null;
     this.evaluate();
+  }
+
+  downKnown(node: number, then: () => void): void {
+    // Detached, nobody can be told: the ack goes out (a known limit: see the README).
+    if (!this.attached || this.view.outage(this.labels[node]!) !== undefined) return then();
+    const waits = this.downWaits[node]!;
+    waits.push(then);
+    if (waits.length > 1) return;
+    // etcd slow to answer: past its timeout the acks go out anyway, counted.
+    setTimeout(() => {
+      if (waits.length === 0) return;
+      this.unconfirmedAcks += waits.length;
+      this.releaseDownWaits(node);
+    }, this.options.timeoutMs).unref();
+  }
+
+  private releaseDownWaits(node: number): void {
+    const waits = this.downWaits[node]!;
+    if (waits.length === 0) return;
+    this.downWaits[node] = [];
+    for (const w of waits) w();
   }
 
   ready(node: number, go: () => void): void {
@@ -463,6 +488,11 @@ export class EtcdGate implements RejoinGate {
    */
   private evaluate(): void {
     const peer = this.peer;
+    this.labels.forEach((label, node) => {
+      if (this.downWaits[node]!.length === 0) return;
+      const known = this.view.outage(label) !== undefined || peer?.isUp(node) === true;
+      if (known || !this.attached) this.releaseDownWaits(node);
+    });
     // Detached, the view may be out of date: nothing is decided, and no node released.
     if (peer === null || this.closed || !this.attached) return;
     const leader = this.view.leader() === this.id;
@@ -685,6 +715,7 @@ export class EtcdGate implements RejoinGate {
       ['proxy_coordination_detaches', this.detaches],
       ['proxy_coordination_flush_claims', this.flushClaims],
       ['proxy_coordination_queue', this.queue.length],
+      ['proxy_coordination_unconfirmed_acks', this.unconfirmedAcks],
     ];
   }
 
@@ -693,6 +724,7 @@ export class EtcdGate implements RejoinGate {
     if (this.closed) return;
     this.closed = true;
     if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+    this.labels.forEach((_, node) => this.releaseDownWaits(node));
     await this.watcher?.cancel().catch(() => {});
     await this.lease?.revoke().catch(() => {});
     this.client.close();

@@ -102,7 +102,7 @@ function decide(
   const authority = route[attempt];
   const release = (out: Out): void => {
     ctx.order.release(EXCLUSIVE, hash);
-    done(out);
+    ctx.ack(req.key, done, out);
   };
   if (authority === undefined) return release(ctx.unavailable(req));
   const cb = (r: ReplyOrErr): void => {
@@ -124,7 +124,7 @@ function decide(
     const deleted = req.cmd === 'md';
     if (ctx.options.ackMode === 'async') {
       // The client is answered now; the key stays held until the copy is made.
-      done(out);
+      ctx.ack(req.key, done, out);
       return copyResult(ctx, hash, req.key, authority, targets, deleted, () =>
         ctx.order.release(EXCLUSIVE, hash),
       );

@@ -36,6 +36,12 @@ export interface RejoinGate {
   resyncElsewhere(node: number): void;
   /** This process learnt that `node` was emptied (false) or refilled by a re-sync (true). */
   complete(node: number, complete: boolean): void;
+  /**
+   * Run `then` once the cluster shows `node` out of service, so no other
+   * process still reads it (at once when alone, or when that cannot be
+   * learnt). A write acknowledged without a replica waits for this.
+   */
+  downKnown?(node: number, then: () => void): void;
   /** Stats rows of the gate's own (`stats`). */
   rows?(): [string, string | number][];
   /** Leave the group (the proxy closes). */

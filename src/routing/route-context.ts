@@ -160,6 +160,16 @@ export class RouteContext {
     for (let i = 0; i < set.length; i++) if (!this.nodes[set[i]!]!.isUp) rec.missed(set[i]!, key);
   }
 
+  /**
+   * Answer `out` once the replicas of `key` down here are down for every
+   * process (Recovery's afterDownKnown): an ack never outruns the news.
+   */
+  ack(key: Buffer, done: Done, out: Out): void {
+    const rec = this.recovery;
+    if (rec === null || !rec.holdsAck(key)) return done(out);
+    rec.afterDownKnown(key, () => done(out));
+  }
+
   /** A write replaced `node`'s copy of `key` whole: it can be trusted again. */
   unfence(node: number, key: Buffer): void {
     this.recovery?.unfence(node, key);

@@ -5,7 +5,9 @@
  * miss), and SERVER_ERROR only when no replica answered. A replica that is
  * down, or on which the write failed, gets the key in its outage log. A
  * delete or touch that finds the item on some replicas and not on others
- * brings those others in line like a missed write.
+ * brings those others in line like a missed write; one that finds it on
+ * none answers NOT_FOUND only if that is known true. With a replica down,
+ * the answer waits until every process knows it is (RouteContext.ack).
  *
  * A plain write holds nothing once sent (KeyOrder WRITE): each node's lane
  * for the key is FIFO, so everything after it stays in order.
@@ -61,8 +63,11 @@ function writeAll(
     const chosen = bestReply(replies, success);
     if (chosen < 0) return done(ctx.unavailable(req));
     const reply = replies[chosen] as Reply;
-    if (notFound(reply) && !missProven(ctx, req, route, replies)) return done(ctx.unavailable(req));
-    done(ctx.clientReply(req, reply, route[chosen]!));
+    const out =
+      notFound(reply) && !missProven(ctx, req, route, replies)
+        ? ctx.unavailable(req)
+        : ctx.clientReply(req, reply, route[chosen]!);
+    ctx.ack(req.key, done, out);
   };
   const quiet = quietMeta(req);
   // A set or delete replaces a node's copy whole (touch does not).

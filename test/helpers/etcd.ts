@@ -43,6 +43,15 @@ export class Etcd {
     return this.child !== null && this.child.exitCode === null && this.child.signalCode === null;
   }
 
+  /** Stop it answering (SIGSTOP), as a hung or overloaded etcd; `resume()` undoes it. */
+  pause(): void {
+    this.child?.kill('SIGSTOP');
+  }
+
+  resume(): void {
+    this.child?.kill('SIGCONT');
+  }
+
   /** Whether an `etcd` binary is on the PATH. */
   static installed(): boolean {
     return spawnSync('etcd', ['--version'], { stdio: 'ignore' }).status === 0;

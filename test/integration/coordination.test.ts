@@ -216,6 +216,60 @@ describe('coordination through etcd: several instances', function () {
     await expectClean(w, 'once it serves again');
   });
 
+  it('a write acknowledged without a node is answered only once etcd shows the node down', async function () {
+    const relay = await Relay.start(nodes[1]!.port);
+    relays.push(relay);
+    // Long enough for etcd to be paused below without a timeout or a lease running out.
+    const slow = (ports?: number[]): Record<string, unknown> => {
+      const c = config(ports);
+      const etcdOpts = (c['coordination'] as { etcd: Record<string, unknown> }).etcd;
+      Object.assign(etcdOpts, { timeoutMs: 10_000, leaseTtlSeconds: 10 });
+      return c;
+    };
+    const a = await ProxyProcess.start(slow(nodes.map((n, i) => (i === 1 ? relay.port : n.port))));
+    proxies.push(a);
+    const [, b] = await start(1, slow).then(() => proxies);
+    const keys = Array.from({ length: 20 }, (_, i) => `held:${i}`);
+    const ca = await MemcacheClient.connect(a.port);
+    try {
+      for (const k of keys) expect(await ca.command(`set ${k} 0 0 2`, 'v1')).to.equal('STORED\r\n');
+      // a loses node1 while nobody can learn it from etcd.
+      etcd.pause();
+      relay.holed = true;
+      let answered = 0;
+      const sets = keys.map(async (k) => {
+        const c = await MemcacheClient.connect(a.port);
+        try {
+          return await c.command(`set ${k} 0 0 2`, 'v2');
+        } finally {
+          answered++;
+          c.close();
+        }
+      });
+      await until('a takes node1 out of service', 10_000, async () => {
+        return (await stats(a)).get('proxy_node_1_up') === '0';
+      });
+      await sleep(300);
+      // Keys without node1 are answered; the ones it holds wait (b could still read node1).
+      expect(answered, 'sets answered while etcd is paused').to.be.lessThan(keys.length);
+      etcd.resume();
+      expect(await Promise.all(sets)).to.deep.equal(keys.map(() => 'STORED\r\n'));
+      expect((await stats(a)).get('proxy_coordination_unconfirmed_acks')).to.equal('0');
+      await until('b takes node1 out of service', 10_000, async () => !(await serves(b!, 1)));
+      const cb = await MemcacheClient.connect(b!.port);
+      try {
+        for (const k of keys) {
+          expect(await cb.command(`get ${k}`)).to.equal(`VALUE ${k} 0 2\r\nv2\r\nEND\r\n`);
+        }
+      } finally {
+        cb.close();
+      }
+    } finally {
+      etcd.resume();
+      ca.close();
+    }
+  });
+
   it('an instance killed with SIGKILL during an outage: its lost log makes the node be flushed', async function () {
     const [a, b] = await start(2);
     const w = await SessionWorkload.start({ port: a!.port, clients: 30, keysPerClient: 10 });

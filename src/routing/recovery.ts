@@ -81,28 +81,22 @@ export class Recovery {
   }
 
   /**
-   * Run `then` once every replica of `key` out of service here is known to
-   * be out of service in the whole cluster (RejoinGate.downKnown): a write
-   * acknowledged without one must not be followed by another process
-   * reading that node's copy. At once unless a replica is down, with etcd.
+   * The replicas of `key` out of service here whose state other processes
+   * learn from the gate (RejoinGate.downKnown): a write acknowledged without
+   * them waits, with afterDownKnown, so that no other process reads their
+   * copy after the client saw the ack. Empty alone, or with every node up
+   * (the cheap check comes first).
    */
-  afterDownKnown(key: Buffer, then: () => void): void {
-    const gate = this.core.gate;
-    const down = this.downHere(key);
-    let left = down.length;
-    if (left === 0 || gate.downKnown === undefined) return then();
-    for (const n of down) gate.downKnown(n, () => --left === 0 && then());
-  }
-
-  /** Whether an ack for `key` must wait for afterDownKnown (cheap when every node is up). */
-  holdsAck(key: Buffer): boolean {
-    return this.core.gate.downKnown !== undefined && this.downHere(key).length > 0;
-  }
-
-  private downHere(key: Buffer): number[] {
+  downToConfirm(key: Buffer): number[] {
     const nodes = this.core.nodes;
-    if (nodes.every((n) => n.isUp)) return [];
+    if (this.core.gate.downKnown === undefined || nodes.every((n) => n.isUp)) return [];
     return [...this.core.replicaSet(key)].filter((n) => !nodes[n]!.isUp);
+  }
+
+  /** Run `then` once the whole cluster shows every one of `down` out of service. */
+  afterDownKnown(down: readonly number[], then: () => void): void {
+    let left = down.length;
+    for (const n of down) this.core.gate.downKnown!(n, () => --left === 0 && then());
   }
 
   // ------------------------------------------------------------------ trust

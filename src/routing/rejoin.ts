@@ -6,8 +6,8 @@
  * outage log is first brought up to date on it (`fence`): the replica that
  * missed the least (the earliest stamp, see Recovery) holds the newest copy,
  * which is copied to the others (item.ts), holding the key so no client
- * command interleaves. Keys logged meanwhile are replayed too; the node serves again
- * once the log is empty. An overflowed log takes the safe path instead: the
+ * command interleaves. Keys logged meanwhile are replayed too; the node
+ * serves again once the log is empty. An overflowed log takes the safe path instead: the
  * node is flushed and refills (re-sync). A key whose newest copy may be on a
  * replica that is still down is fenced on the others until it returns.
  *
@@ -290,10 +290,11 @@ export class Rejoin {
    * `seq`. Each replica's last missed write (its log or fence entry, this
    * process's or another's) says how fresh it is: one that missed only
    * earlier writes received every acknowledged write after them. So the up
-   * replica with the earliest stamp holds the newest copy; it is copied to the others that are up. If a replica that is
-   * down missed less still, the copies that are up may be older than it:
-   * they are fenced until it returns (or a write replaces them). So are the
-   * copies older than a best one that waits for other processes (RejoinGate).
+   * replica with the earliest stamp holds the newest copy; it is copied to
+   * the others that are up. If a replica that is down missed less still, the
+   * copies that are up may be older than it: they are fenced until it returns
+   * (or a write replaces them). So are the copies older than a best one that
+   * waits for other processes (RejoinGate).
    */
   private fence(node: number, key: Buffer, seq: number, cb: (res: FenceResult) => void): void {
     const core = this.core;

@@ -165,9 +165,9 @@ export class RouteContext {
    * process (Recovery's afterDownKnown): an ack never outruns the news.
    */
   ack(key: Buffer, done: Done, out: Out): void {
-    const rec = this.recovery;
-    if (rec === null || !rec.holdsAck(key)) return done(out);
-    rec.afterDownKnown(key, () => done(out));
+    const down = this.recovery?.downToConfirm(key) ?? [];
+    if (down.length === 0) return done(out);
+    this.recovery!.afterDownKnown(down, () => done(out));
   }
 
   /** A write replaced `node`'s copy of `key` whole: it can be trusted again. */

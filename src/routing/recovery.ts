@@ -28,6 +28,9 @@ import type { Ring } from './ring.js';
 
 export type { RecoveryOptions, ResyncState } from './recovery-core.js';
 
+/** No replica to wait for: shared, so the check on every write allocates nothing. */
+const NONE: readonly number[] = Object.freeze([]);
+
 export class Recovery {
   private readonly core: RecoveryCore;
   private readonly rejoin: Rejoin;
@@ -87,9 +90,9 @@ export class Recovery {
    * copy after the client saw the ack. Empty alone, or with every node up
    * (the cheap check comes first).
    */
-  downToConfirm(key: Buffer): number[] {
+  downToConfirm(key: Buffer): readonly number[] {
     const nodes = this.core.nodes;
-    if (this.core.gate.downKnown === undefined || nodes.every((n) => n.isUp)) return [];
+    if (this.core.gate.downKnown === undefined || nodes.every((n) => n.isUp)) return NONE;
     return [...this.core.replicaSet(key)].filter((n) => !nodes[n]!.isUp);
   }
 

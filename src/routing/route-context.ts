@@ -165,9 +165,10 @@ export class RouteContext {
    * process (Recovery's afterDownKnown): an ack never outruns the news.
    */
   ack(key: Buffer, done: Done, out: Out): void {
-    const down = this.recovery?.downToConfirm(key) ?? [];
-    if (down.length === 0) return done(out);
-    this.recovery!.afterDownKnown(down, () => done(out));
+    const rec = this.recovery;
+    const down = rec === null ? null : rec.downToConfirm(key);
+    if (down === null || down.length === 0) return done(out);
+    rec!.afterDownKnown(down, () => done(out));
   }
 
   /** A write replaced `node`'s copy of `key` whole: it can be trusted again. */

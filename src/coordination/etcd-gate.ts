@@ -41,6 +41,7 @@ import {
 } from 'etcd3';
 import type { Logger } from 'pino';
 import { type Config, nodeLabel } from '../config.js';
+import { AckHolds } from './ack-holds.js';
 import type { ClusterPeer, RejoinGate } from '../routing/rejoin-gate.js';
 import { ClusterView, PENDING, READY, labelKey } from './view.js';
 
@@ -68,6 +69,8 @@ type WatchBackoff = NonNullable<NonNullable<IOptions['faultHandling']>['watchBac
 const RETRY_MS = 250;
 /** Wait between attempts to join while etcd cannot be reached. */
 const JOIN_RETRY_MS = 500;
+/** Fence puts and deletes per transaction (etcd allows 128 operations in one). */
+const FENCE_BATCH = 100;
 
 interface Waiter {
   go: () => void;
@@ -93,8 +96,14 @@ export class EtcdGate implements RejoinGate {
   private watchOk = false;
   private closed = false;
   private readonly waiters: (Waiter | null)[];
-  /** Per node: acknowledgements held until the view shows the node down (see downKnown). */
-  private readonly downWaits: (() => void)[][];
+  /** Acks held until the view shows a node down (`down:<node>`) or a fence (its key). */
+  private readonly holds: AckHolds;
+  /** Fence changes to make: etcd key (under the prefix) -> value to put, or null to delete. */
+  private readonly fenceOps = new Map<string, string | null>();
+  /** This member's fences put, or to put, that the watch has not shown yet, with their value. */
+  private readonly fencesUnseen = new Map<string, string>();
+  /** A publishFences operation is queued or running. */
+  private fenceDrain = false;
   private readonly flushes: number[];
   /** Per node: the revision of the outage this member opened last (see evaluate). */
   private readonly opened: number[];
@@ -112,7 +121,6 @@ export class EtcdGate implements RejoinGate {
   /** Counters for stats. */
   private detaches = 0;
   private flushClaims = 0;
-  private unconfirmedAcks = 0;
 
   private constructor(options: EtcdOptions, labels: readonly string[], log: Logger) {
     this.options = options;
@@ -120,7 +128,7 @@ export class EtcdGate implements RejoinGate {
     this.nodeByKey = new Map(labels.map((label, i) => [labelKey(label), i]));
     this.log = log.child({ coordination: 'etcd' });
     this.waiters = labels.map(() => null);
-    this.downWaits = labels.map(() => []);
+    this.holds = new AckHolds(options.timeoutMs);
     this.flushes = labels.map(() => 0);
     this.opened = labels.map(() => 0);
     this.client = new Etcd3({
@@ -202,22 +210,17 @@ export class EtcdGate implements RejoinGate {
   downKnown(node: number, then: () => void): void {
     // Detached, nobody can be told: the ack goes out (a known limit: see the README).
     if (!this.attached || this.view.outage(this.labels[node]!) !== undefined) return then();
-    const waits = this.downWaits[node]!;
-    waits.push(then);
-    if (waits.length > 1) return;
-    // etcd slow to answer: past its timeout the acks go out anyway, counted.
-    setTimeout(() => {
-      if (waits.length === 0) return;
-      this.unconfirmedAcks += waits.length;
-      this.releaseDownWaits(node);
-    }, this.options.timeoutMs).unref();
+    this.holds.hold(`down:${node}`, then);
   }
 
-  private releaseDownWaits(node: number): void {
-    const waits = this.downWaits[node]!;
-    if (waits.length === 0) return;
-    this.downWaits[node] = [];
-    for (const w of waits) w();
+  get fencesPending(): boolean {
+    return this.fencesUnseen.size > 0;
+  }
+
+  fenceKnown(node: number, key: string, then: () => void): void {
+    const k = this.fenceKey(node, key);
+    if (!this.attached || !this.fencesUnseen.has(k)) return then();
+    this.holds.hold(k, then);
   }
 
   ready(node: number, go: () => void): void {
@@ -233,14 +236,66 @@ export class EtcdGate implements RejoinGate {
   }
 
   fenced(node: number, key: string, seq: number): void {
-    const k = this.key(this.fenceKey(node, key));
-    this.event(() => this.client.put(k).value(`${this.id} ${seq}`).exec());
+    const k = this.fenceKey(node, key);
+    const value = `${this.id} ${seq}`;
+    this.fencesUnseen.set(k, value);
+    this.changeFence(k, value);
   }
 
   unfenced(node: number, key: string): void {
     const k = this.fenceKey(node, key);
-    if (this.view.get(k) === undefined) return;
-    this.event(() => this.client.delete().key(this.key(k)).exec());
+    const put = this.fencesUnseen.get(k);
+    if (put !== undefined) {
+      // The copy is current again: an ack waiting for the fence has nothing left to wait for.
+      this.fencesUnseen.delete(k);
+      this.holds.release(k);
+    }
+    // Only this member's own fence: another member's stands until that member trusts the copy.
+    const shown = this.view.get(k)?.value;
+    if (put !== undefined || shown?.startsWith(`${this.id} `) === true) this.changeFence(k, null);
+    else this.fenceOps.delete(k);
+  }
+
+  /** Queue a fence put (`value`) or delete (null), published in batches by publishFences. */
+  private changeFence(k: string, value: string | null): void {
+    this.fenceOps.set(k, value);
+    if (this.fenceDrain) return;
+    this.fenceDrain = true;
+    this.event(() => this.publishFences());
+  }
+
+  /**
+   * Make the queued fence changes, a batch per transaction, until none is
+   * left. A failure leaves the rest queued, and the operation runs again.
+   */
+  private async publishFences(): Promise<void> {
+    while (this.fenceOps.size > 0) {
+      const batch: [string, string | null][] = [];
+      for (const op of this.fenceOps) if (batch.push(op) === FENCE_BATCH) break;
+      const c = this.client;
+      const r = await c
+        .if(this.key('gen'), 'Version', '>', -1)
+        .then(
+          ...batch.map(([k, v]) =>
+            v === null ? c.delete().key(this.key(k)) : c.put(this.key(k)).value(v),
+          ),
+        )
+        .commit();
+      const rev = Number(r.header.revision);
+      for (const [k, v] of batch) {
+        if (this.fenceOps.get(k) === v) this.fenceOps.delete(k);
+        // The watch may have shown the put before this answer came.
+        if (v !== null && (this.view.get(k)?.mod ?? 0) >= rev) this.fenceShown(k);
+      }
+    }
+    this.fenceDrain = false;
+  }
+
+  /** The watch shows a fence at `k`: an ack waiting for this member's put of it may go. */
+  private fenceShown(k: string): void {
+    if (!this.fencesUnseen.has(k) || typeof this.fenceOps.get(k) === 'string') return;
+    this.fencesUnseen.delete(k);
+    this.holds.release(k);
   }
 
   resyncElsewhere(node: number): void {
@@ -438,9 +493,9 @@ export class EtcdGate implements RejoinGate {
         }
         return;
       case 'fences':
-        if (!entry.value.startsWith(`${this.id} `) && rest !== undefined) {
-          peer.fence(node, unhex(rest), fenceStamp(entry.value));
-        }
+        if (rest === undefined) return;
+        if (entry.value.startsWith(`${this.id} `)) this.fenceShown(k);
+        else peer.fence(node, unhex(rest), fenceStamp(entry.value));
         return;
       case 'incomplete':
         if (entry.value === this.id) return; // its own re-sync is under way
@@ -488,10 +543,11 @@ export class EtcdGate implements RejoinGate {
    */
   private evaluate(): void {
     const peer = this.peer;
+    // Detached, nobody can be told: held acks go out (a known limit: see the README).
+    if (!this.attached) this.holds.releaseAll();
     this.labels.forEach((label, node) => {
-      if (this.downWaits[node]!.length === 0) return;
       const known = this.view.outage(label) !== undefined || peer?.isUp(node) === true;
-      if (known || !this.attached) this.releaseDownWaits(node);
+      if (known) this.holds.release(`down:${node}`);
     });
     // Detached, the view may be out of date: nothing is decided, and no node released.
     if (peer === null || this.closed || !this.attached) return;
@@ -715,7 +771,8 @@ export class EtcdGate implements RejoinGate {
       ['proxy_coordination_detaches', this.detaches],
       ['proxy_coordination_flush_claims', this.flushClaims],
       ['proxy_coordination_queue', this.queue.length],
-      ['proxy_coordination_unconfirmed_acks', this.unconfirmedAcks],
+      ['proxy_coordination_unconfirmed_acks', this.holds.unconfirmed],
+      ['proxy_coordination_fences_unpublished', this.fencesUnseen.size],
     ];
   }
 
@@ -724,7 +781,7 @@ export class EtcdGate implements RejoinGate {
     if (this.closed) return;
     this.closed = true;
     if (this.retryTimer !== null) clearTimeout(this.retryTimer);
-    this.labels.forEach((_, node) => this.releaseDownWaits(node));
+    this.holds.releaseAll();
     await this.watcher?.cancel().catch(() => {});
     await this.lease?.revoke().catch(() => {});
     this.client.close();

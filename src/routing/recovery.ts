@@ -28,9 +28,6 @@ import type { Ring } from './ring.js';
 
 export type { RecoveryOptions, ResyncState } from './recovery-core.js';
 
-/** No replica to wait for: shared, so the check on every write allocates nothing. */
-const NONE: readonly number[] = Object.freeze([]);
-
 export class Recovery {
   private readonly core: RecoveryCore;
   private readonly rejoin: Rejoin;
@@ -70,7 +67,11 @@ export class Recovery {
       return this.missedFlush(node);
     }
     // A node that is still up (one write timed out, say) is fixed in the background now;
-    // a node that is down is fixed by its rejoin.
+    // a node that is down is fixed by its rejoin. Until the fix, the other processes must not
+    // read its copy either: the miss is a fence for them (the ack waits for it, see ack).
+    if (core.nodes[node]!.isUp && core.gate.fenceKnown !== undefined) {
+      core.gate.fenced(node, key.toString('latin1'), this.seq);
+    }
     this.rejoin.fixSoon(node);
   }
 
@@ -84,22 +85,38 @@ export class Recovery {
   }
 
   /**
-   * The replicas of `key` out of service here whose state other processes
-   * learn from the gate (RejoinGate.downKnown): a write acknowledged without
-   * them waits, with afterDownKnown, so that no other process reads their
-   * copy after the client saw the ack. Empty alone, or with every node up
-   * (the cheap check comes first).
+   * Whether an acknowledged write may have to wait for the other processes
+   * (see afterKnown): never alone, and with several only while a node is out
+   * of service here or a fence of this process is not yet known. Cheap: it
+   * comes first on every write.
    */
-  downToConfirm(key: Buffer): readonly number[] {
-    const nodes = this.core.nodes;
-    if (this.core.gate.downKnown === undefined || nodes.every((n) => n.isUp)) return NONE;
-    return [...this.core.replicaSet(key)].filter((n) => !nodes[n]!.isUp);
+  get confirming(): boolean {
+    const { gate, nodes } = this.core;
+    if (gate.downKnown === undefined) return false;
+    return gate.fencesPending === true || !nodes.every((n) => n.isUp);
   }
 
-  /** Run `then` once the whole cluster shows every one of `down` out of service. */
-  afterDownKnown(down: readonly number[], then: () => void): void {
-    let left = down.length;
-    for (const n of down) this.core.gate.downKnown!(n, () => --left === 0 && then());
+  /**
+   * Run `then` (the ack of a write of `key`) once every other process knows
+   * what this one knows of the key's replicas: those out of service here are
+   * out of service there (RejoinGate.downKnown), and the copies a write
+   * missed on a node still up are fenced there (fenceKnown). So no other
+   * process reads a copy that missed the write after the client saw the ack.
+   */
+  afterKnown(key: Buffer, then: () => void): void {
+    const { gate, nodes } = this.core;
+    const ks = key.toString('latin1');
+    let left = 1;
+    const one = (): void => {
+      if (--left === 0) then();
+    };
+    for (const n of this.core.replicaSet(key)) {
+      left++;
+      if (!nodes[n]!.isUp) gate.downKnown!(n, one);
+      else if (gate.fenceKnown !== undefined) gate.fenceKnown(n, ks, one);
+      else one();
+    }
+    one();
   }
 
   // ------------------------------------------------------------------ trust
@@ -144,7 +161,9 @@ export class Recovery {
     const ks = key.toString('latin1');
     this.core.unfenceKey(node, ks);
     // Only while the node is up: a rejoin's replay decides for a node that is down.
-    if (this.core.nodes[node]!.isUp && !s.rejoining) s.missed.delete(ks);
+    if (this.core.nodes[node]!.isUp && !s.rejoining && s.missed.delete(ks)) {
+      this.core.gate.unfenced(node, ks);
+    }
   }
 
   /**

@@ -42,6 +42,15 @@ export interface RejoinGate {
    * learnt). A write acknowledged without a replica waits for this.
    */
   downKnown?(node: number, then: () => void): void;
+  /** Whether a fence this process published may not be known to the others yet. */
+  readonly fencesPending?: boolean;
+  /**
+   * Run `then` once the other processes can know this process's fence of
+   * `key` on `node` (at once if there is none under way, or when that cannot
+   * be learnt). A write acknowledged after it failed on a node that stays up
+   * waits for this.
+   */
+  fenceKnown?(node: number, key: string, then: () => void): void;
   /** Stats rows of the gate's own (`stats`). */
   rows?(): [string, string | number][];
   /** Leave the group (the proxy closes). */

@@ -238,14 +238,14 @@ export class Rejoin {
     let active = 0;
     let failed = false;
     // Out of the log, unless a later miss of the key was logged meanwhile.
-    const settled = (ks: string, seq: number): void => {
-      if (s.missed.get(ks) === seq) s.missed.delete(ks);
-    };
+    const settled = (ks: string, seq: number): boolean =>
+      s.missed.get(ks) === seq && s.missed.delete(ks);
     const one = (ks: string, seq: number, res: FenceResult): void => {
       active--;
       if (res === 'ok') {
         s.replayed++;
-        settled(ks, seq);
+        // Fixed: the fence a miss on a node that is up published goes, unless one stands.
+        if (settled(ks, seq) && !s.fenced.has(ks)) core.gate.unfenced(node.index, ks);
       } else if (res === 'other') {
         // Another replica failed: this node's copy cannot be checked now. Fenced, it does not
         // hold up the rejoin; the next node-up or miss fixes it.

@@ -161,14 +161,13 @@ export class RouteContext {
   }
 
   /**
-   * Answer `out` once the replicas of `key` down here are down for every
-   * process (Recovery's afterDownKnown): an ack never outruns the news.
+   * Answer `out` once every process knows what this one knows of the
+   * replicas of `key` (Recovery's afterKnown): an ack never outruns the news.
    */
   ack(key: Buffer, done: Done, out: Out): void {
     const rec = this.recovery;
-    const down = rec === null ? null : rec.downToConfirm(key);
-    if (down === null || down.length === 0) return done(out);
-    rec!.afterDownKnown(down, () => done(out));
+    if (rec === null || !rec.confirming) return done(out);
+    rec.afterKnown(key, () => done(out));
   }
 
   /** A write replaced `node`'s copy of `key` whole: it can be trusted again. */

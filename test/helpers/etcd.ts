@@ -11,6 +11,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Etcd3 } from 'etcd3';
 import { freePort, sleep } from './memcached.js';
 
 const START_MS = 15_000;
@@ -50,6 +51,16 @@ export class Etcd {
 
   resume(): void {
     this.child?.kill('SIGCONT');
+  }
+
+  /** The keys under `prefix`, read through the v3 API. */
+  async keys(prefix: string): Promise<string[]> {
+    const client = new Etcd3({ hosts: this.endpoint });
+    try {
+      return await client.getAll().prefix(prefix).keys();
+    } finally {
+      client.close();
+    }
   }
 
   /** Whether an `etcd` binary is on the PATH. */

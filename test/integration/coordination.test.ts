@@ -67,6 +67,14 @@ describe('coordination through etcd: several instances', function () {
     };
   }
 
+  /** config() with etcd calls and leases long enough for etcd to be paused a while. */
+  function patient(ports?: number[]): Record<string, unknown> {
+    const c = config(ports);
+    const etcdOpts = (c['coordination'] as { etcd: Record<string, unknown> }).etcd;
+    Object.assign(etcdOpts, { timeoutMs: 10_000, leaseTtlSeconds: 10 });
+    return c;
+  }
+
   async function start(n: number, cfg = config): Promise<ProxyProcess[]> {
     for (let i = 0; i < n; i++) proxies.push(await ProxyProcess.start(cfg()));
     return proxies;
@@ -219,16 +227,11 @@ describe('coordination through etcd: several instances', function () {
   it('a write acknowledged without a node is answered only once etcd shows the node down', async function () {
     const relay = await Relay.start(nodes[1]!.port);
     relays.push(relay);
-    // Long enough for etcd to be paused below without a timeout or a lease running out.
-    const slow = (ports?: number[]): Record<string, unknown> => {
-      const c = config(ports);
-      const etcdOpts = (c['coordination'] as { etcd: Record<string, unknown> }).etcd;
-      Object.assign(etcdOpts, { timeoutMs: 10_000, leaseTtlSeconds: 10 });
-      return c;
-    };
-    const a = await ProxyProcess.start(slow(nodes.map((n, i) => (i === 1 ? relay.port : n.port))));
+    const a = await ProxyProcess.start(
+      patient(nodes.map((n, i) => (i === 1 ? relay.port : n.port))),
+    );
     proxies.push(a);
-    const [, b] = await start(1, slow).then(() => proxies);
+    const [, b] = await start(1, patient).then(() => proxies);
     const keys = Array.from({ length: 20 }, (_, i) => `held:${i}`);
     const ca = await MemcacheClient.connect(a.port);
     try {
@@ -267,6 +270,80 @@ describe('coordination through etcd: several instances', function () {
     } finally {
       etcd.resume();
       ca.close();
+    }
+  });
+
+  it('a write that fails on a node that stays up is answered only once the others distrust that copy', async function () {
+    const relay = await Relay.start(nodes[1]!.port);
+    relays.push(relay);
+    // One failed request does not take a node out of service here: it stays up in a.
+    const lenient = (ports?: number[]): Record<string, unknown> => {
+      const c = patient(ports);
+      c['backend'] = { probeMs: 50, probeMaxMs: 200, failureThreshold: 1000 };
+      return c;
+    };
+    const a = await ProxyProcess.start(
+      lenient(nodes.map((n, i) => (i === 1 ? relay.port : n.port))),
+    );
+    proxies.push(a);
+    const [, b] = await start(1, lenient).then(() => proxies);
+    const keys = Array.from({ length: 20 }, (_, i) => `fenced:${i}`);
+    const ca = await MemcacheClient.connect(a.port);
+    const cb = await MemcacheClient.connect(b!.port);
+    const direct = await Promise.all(nodes.map((n) => MemcacheClient.connect(n.port)));
+    try {
+      for (const k of keys) expect(await ca.command(`set ${k} 0 0 2`, 'v1')).to.equal('STORED\r\n');
+      // The writes time out on node1 through a, while etcd can learn nothing.
+      etcd.pause();
+      relay.holed = true;
+      let answered = 0;
+      const sets = keys.map(async (k) => {
+        const c = await MemcacheClient.connect(a.port);
+        try {
+          return await c.command(`set ${k} 0 0 2`, 'v2');
+        } finally {
+          answered++;
+          c.close();
+        }
+      });
+      await sleep(800);
+      const sa = await stats(a);
+      expect(sa.get('proxy_node_1_up'), 'node1 stays up in a').to.equal('1');
+      expect(Number(sa.get('proxy_coordination_fences_unpublished'))).to.be.greaterThan(0);
+      // b reads node1, which missed them: the sets that missed it are not answered yet.
+      expect(answered, 'sets answered while etcd is paused').to.be.lessThan(keys.length);
+      etcd.resume();
+      expect(await Promise.all(sets)).to.deep.equal(keys.map(() => 'STORED\r\n'));
+      // Still holed: node1 keeps the old copies, and b does not read them.
+      for (const k of keys) {
+        expect(await cb.command(`get ${k}`), k).to.equal(`VALUE ${k} 0 2\r\nv2\r\nEND\r\n`);
+      }
+      expect((await stats(a)).get('proxy_coordination_unconfirmed_acks')).to.equal('0');
+      relay.holed = false;
+      // a fixes node1, then withdraws its fences.
+      await until('a fixed node1 and withdrew its fences', 10_000, async () => {
+        const s = await stats(a);
+        return (
+          s.get('proxy_node_1_outage_log') === '0' &&
+          s.get('proxy_coordination_fences_unpublished') === '0' &&
+          s.get('proxy_coordination_queue') === '0'
+        );
+      });
+      const left = await etcd.keys(`/msproxy/test${cluster}/fences/`);
+      expect(left, 'fences left in etcd').to.deep.equal([]);
+      for (const k of keys) {
+        expect(await cb.command(`get ${k}`), k).to.equal(`VALUE ${k} 0 2\r\nv2\r\nEND\r\n`);
+        // Two copies, both current, node1's among them where it holds one: no v1 anywhere.
+        const copies = await Promise.all(direct.map((d) => d.command(`get ${k}`)));
+        const v2 = copies.filter((r) => r === `VALUE ${k} 0 2\r\nv2\r\nEND\r\n`).length;
+        expect(copies.filter((r) => r === 'END\r\n').length + v2, `${k}: ${copies}`).to.equal(3);
+        expect(v2, `${k}: ${copies}`).to.equal(2);
+      }
+    } finally {
+      for (const d of direct) d.close();
+      etcd.resume();
+      ca.close();
+      cb.close();
     }
   });
 

@@ -1,25 +1,31 @@
 /**
- * `msproxy --config <file>`: validate the config, start the proxy, and stop
- * cleanly on SIGINT/SIGTERM (a second one ends it at once). SIGHUP is logged and ignored (see
- * ignoreHangup). `--check` validates and exits. With `workers` over 1 this
- * process becomes the cluster primary, and each worker it forks runs this
- * same entry point (told apart by MSP_WORKER).
+ * `msproxy --config <file>`: validate the config, start the proxy, reload
+ * the config on SIGHUP (server/reload.ts), and stop cleanly on SIGINT/SIGTERM
+ * (a second one ends it at once). `--check` validates and exits; `msproxy
+ * reload --config <file>` signals the running one. With `workers` over 1
+ * this process becomes the cluster primary, and each worker it forks runs
+ * this same entry point (told apart by MSP_WORKER).
  */
 
 import cluster from 'node:cluster';
 import { Command } from 'commander';
 import { pino } from 'pino';
-import { ConfigError, loadConfig, parseConfig } from './config.js';
+import { type Config, ConfigError, loadConfigText, parseConfig } from './config.js';
 import { joinCluster } from './coordination/etcd-gate.js';
 import { Proxy } from './server/proxy.js';
-import { ignoreHangup, onStopSignals, runPrimary, runWorker } from './server/workers.js';
+import { reloadCommand } from './reload-command.js';
+import { Reloader, statusRows, writePidFile } from './server/reload.js';
+import { onStopSignals, runPrimary, runWorker } from './server/workers.js';
 import { VERSION } from './version.js';
 
 export async function main(argv: string[]): Promise<number> {
+  // `msproxy reload --config <file>`: a command of its own, beside the server's options.
+  if (argv[2] === 'reload') return reload(argv);
   const program = new Command()
     .name('msproxy')
     .description(
-      'Session-HA proxy for memcached: replicates every key to R nodes and fails reads over.',
+      'Session-HA proxy for memcached: replicates every key to R nodes and fails reads over. ' +
+        '`msproxy reload --config <file>` makes the running one reload its config.',
     )
     .version(VERSION, '-V, --version')
     .requiredOption('-c, --config <file>', 'JSON config file (see config.example.json)')
@@ -32,12 +38,14 @@ export async function main(argv: string[]): Promise<number> {
     return code ?? 2;
   }
   const opts = program.opts<{ config: string; check?: boolean }>();
-  let config;
+  let config: Config;
+  let digest = '';
   try {
     // A cluster worker takes the primary's config, not the file again: a worker restarted
     // after the file was edited would otherwise put keys elsewhere than the others.
     const given = cluster.isWorker ? process.env['MSP_CONFIG'] : undefined;
-    config = given !== undefined ? parseConfig(JSON.parse(given)) : loadConfig(opts.config);
+    if (given !== undefined) config = parseConfig(JSON.parse(given));
+    else ({ config, digest } = loadConfigText(opts.config));
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`msproxy: ${err.message}\n`);
@@ -58,19 +66,42 @@ export async function main(argv: string[]): Promise<number> {
     return runWorker(config, log, index);
   }
   const log = pino({ level: config.log.level, base: { pid: process.pid } });
-  if (config.workers > 1) return runPrimary(config, log);
-  ignoreHangup(log);
+  writePidFile(config.pidFile);
+  if (config.workers > 1) return runPrimary(config, log, opts.config, digest);
+  let proxy: Proxy | null = null;
+  const reloader = new Reloader(opts.config, config, digest, log, (next) => {
+    if (next !== null) proxy?.reconfigure(next);
+  });
+  reloader.listen();
   const group = await joinCluster(config, log);
-  const proxy = new Proxy(config, log, group ? { gate: group, worker: 0 } : undefined);
-  group?.bind(proxy.peer());
+  // A reload while joining is in force from the start.
+  const p = new Proxy(reloader.config, log, group ? { gate: group, worker: 0 } : undefined);
+  proxy = p;
+  p.configRows = () => statusRows(reloader.status);
+  group?.bind(p.peer());
   try {
-    await proxy.start();
+    await p.start();
   } catch (err) {
     log.fatal({ err }, 'cannot listen');
     await group?.close();
     return 1;
   }
   // A second SIGINT or SIGTERM, whichever the first was, ends the process at once.
-  await new Promise<void>((resolve) => onStopSignals(log, () => void proxy.close().then(resolve)));
+  await new Promise<void>((resolve) => onStopSignals(log, () => void p.close().then(resolve)));
   return 0;
+}
+
+async function reload(argv: string[]): Promise<number> {
+  const program = new Command()
+    .name('msproxy reload')
+    .description('Make the running msproxy reload its config file (SIGHUP), and say what it did.')
+    .requiredOption('-c, --config <file>', 'the config file the running msproxy was started with')
+    .exitOverride();
+  try {
+    program.parse(argv.slice(1));
+  } catch (err) {
+    return (err as { exitCode?: number }).exitCode ?? 2;
+  }
+  const { config } = program.opts<{ config: string }>();
+  return reloadCommand(config, (line) => process.stdout.write(`${line}\n`));
 }

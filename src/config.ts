@@ -3,6 +3,7 @@
  * that name the field and the reason.
  */
 
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { isIPv6 } from 'node:net';
 import { z } from 'zod';
@@ -148,6 +149,11 @@ export const configSchema = z
         }),
       })
       .optional(),
+    /**
+     * File msproxy writes its pid to while it runs (removed on exit): what `msproxy reload`
+     * signals. Without it, `msproxy reload` asks the listener's `stats`.
+     */
+    pidFile: z.string().min(1).optional(),
     log: z
       .strictObject({
         level: z
@@ -311,12 +317,25 @@ function loadUsers(file: string | undefined): Users | null {
 }
 
 export function loadConfig(file: string): Config {
+  return loadConfigText(file).config;
+}
+
+/** The config in `file`, and the sha256 of the file's bytes (what `proxy_config_digest` shows). */
+export function loadConfigText(file: string): { config: Config; digest: string } {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
     throw new ConfigError(`config: cannot read ${file}: ${(err as Error).message}`);
   }
+  return { config: parseConfigText(file, text), digest: digestOf(text) };
+}
+
+export function digestOf(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
+function parseConfigText(file: string, text: string): Config {
   let json: unknown;
   try {
     json = JSON.parse(text);
@@ -324,4 +343,49 @@ export function loadConfig(file: string): Config {
     throw new ConfigError(`config: ${file} is not valid JSON: ${(err as Error).message}`);
   }
   return parseConfig(json);
+}
+
+/**
+ * Settings a reload cannot change in a running process: the listener and the
+ * process layout, the etcd cluster, the connection pools, and the placement
+ * of keys (nodes, their names, weights and order, and replicas).
+ */
+const RESTART_ONLY = ['listen', 'workers', 'coordination', 'backend.connections', 'pidFile'];
+
+/** Dotted paths of the fields that differ between two configs (their JSON values). */
+export function changedFields(a: Config, b: Config): string[] {
+  const out: string[] = [];
+  const walk = (x: unknown, y: unknown, path: string): void => {
+    const plain = (v: unknown): v is Record<string, unknown> =>
+      typeof v === 'object' && v !== null && !Array.isArray(v);
+    if (plain(x) && plain(y) && path !== 'nodes') {
+      for (const k of new Set([...Object.keys(x), ...Object.keys(y)])) {
+        walk(x[k], y[k], path === '' ? k : `${path}.${k}`);
+      }
+    } else if (JSON.stringify(x) !== JSON.stringify(y)) {
+      out.push(path);
+    }
+  };
+  walk(a, b, '');
+  return out;
+}
+
+/**
+ * What a reload from `running` to `next` would change, and the changes it
+ * cannot make (each with the reason), in which case it makes none.
+ */
+export function reloadPlan(
+  running: Config,
+  next: Config,
+): { changed: string[]; refused: string[] } {
+  const changed = changedFields(running, next);
+  const refused: string[] = [];
+  for (const f of changed) {
+    if (RESTART_ONLY.some((r) => f === r || f.startsWith(`${r}.`))) {
+      refused.push(`${f} changes only with a restart`);
+    } else if (f === 'nodes' || f === 'replicas') {
+      refused.push(`${f}: the placement of keys changes only with a restart`);
+    }
+  }
+  return { changed, refused };
 }

@@ -136,6 +136,11 @@ export class BackendConnection {
     }
   }
 
+  /** Requests sent from now on time out after `ms` (those in flight keep their deadline). */
+  setRequestTimeout(ms: number): void {
+    this.options.requestTimeoutMs = ms;
+  }
+
   get name(): string {
     return `${this.options.host}:${this.options.port}`;
   }

@@ -275,6 +275,16 @@ export class BackendNode {
   }
 
   /** Take the node out of service now; it serves again after a probe and its rejoin. */
+  /**
+   * A reload's new settings: timeouts, failure threshold, probe delays and
+   * the largest value. Requests in flight keep their deadline; a connection
+   * opened before keeps its value limit.
+   */
+  reconfigure(o: Omit<NodeOptions, 'index' | 'host' | 'port' | 'label' | 'connections'>): void {
+    Object.assign(this.options, o);
+    for (const c of this.conns) c?.setRequestTimeout(o.requestTimeoutMs);
+  }
+
   markDownNow(reason: string): void {
     this.markDown(reason);
   }

@@ -761,6 +761,10 @@ export class EtcdGate implements RejoinGate {
 
   // ------------------------------------------------------------------ stats
 
+  setLogLevel(level: string): void {
+    this.log.level = level;
+  }
+
   rows(): [string, string | number][] {
     return [
       ['proxy_coordination', 'etcd'],

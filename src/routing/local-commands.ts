@@ -20,6 +20,8 @@ export interface StatsIdentity {
   workers?: number;
   /** What `stats settings` lists: msproxy's own settings, in memcached's names where one fits. */
   settings?: () => readonly (readonly [string, string | number])[];
+  /** Rows `stats` adds before the nodes' (the config in force). */
+  extra?: () => readonly [string, string | number][];
 }
 
 /**
@@ -100,6 +102,7 @@ export function statsReply(ctx: RouteContext, req: Request, id: StatsIdentity): 
     ['proxy_nodes', ctx.nodes.length],
     ['proxy_nodes_up', ctx.nodes.filter((n) => n.isUp).length],
   ];
+  if (id.extra !== undefined) rows.push(...id.extra());
   if (ctx.recovery !== null) rows.push(...ctx.recovery.rows());
   for (const n of ctx.nodes) {
     rows.push([`proxy_node_${n.index}_address`, n.address]);

@@ -51,6 +51,8 @@ export interface RejoinGate {
    * waits for this.
    */
   fenceKnown?(node: number, key: string, then: () => void): void;
+  /** A reload changed the log level. */
+  setLogLevel?(level: string): void;
   /** Stats rows of the gate's own (`stats`). */
   rows?(): [string, string | number][];
   /** Leave the group (the proxy closes). */

@@ -1,24 +1,37 @@
 /**
  * The proxy: a listener, the backend nodes, the ring and the router, wired
  * together from a Config. `start()` resolves once the port is bound;
- * `close()` stops accepting, answers what clients already sent (bounded), then
- * closes clients and backends.
+ * `reconfigure()` applies a reloaded config (see config.ts reloadPlan for
+ * what may change); `close()` stops accepting, answers what clients already
+ * sent (bounded), then closes clients and backends.
  */
 
 import net from 'node:net';
-import type { Logger } from 'pino';
+import type { Level, Logger } from 'pino';
 import { BackendNode } from '../backend/node.js';
 import { type Config, nodeLabel } from '../config.js';
 import { type ClusterPeer, LOCAL_GATE, type RejoinGate } from '../routing/rejoin-gate.js';
-import { Recovery } from '../routing/recovery.js';
+import { Recovery, type RecoveryOptions } from '../routing/recovery.js';
 import { Ring } from '../routing/ring.js';
-import { Router } from '../routing/router.js';
+import { Router, type RouterOptions } from '../routing/router.js';
 import { Stats } from '../stats.js';
 import { PROTOCOL_VERSION, VERSION } from '../version.js';
 import { ClientSession } from './session.js';
 
+/** A node's settings that come from the config as a whole (a reload may change them). */
+function nodeSettings(c: Config) {
+  return {
+    connectTimeoutMs: c.timeouts.connectMs,
+    requestTimeoutMs: c.timeouts.requestMs,
+    failureThreshold: c.backend.failureThreshold,
+    probeMs: c.backend.probeMs,
+    probeMaxMs: c.backend.probeMaxMs,
+    maxValue: c.limits.itemSizeMax,
+  };
+}
+
 export class Proxy {
-  readonly config: Config;
+  private current: Config;
   readonly stats = new Stats();
   readonly nodes: BackendNode[];
   readonly ring: Ring;
@@ -28,6 +41,9 @@ export class Proxy {
   private readonly gate: RejoinGate;
   private readonly server: net.Server;
   private readonly sessions = new Map<net.Socket, ClientSession>();
+  /** Held by the router and recovery: a reload changes them in place. */
+  private readonly routeOptions: RouterOptions;
+  private readonly recoveryOptions: RecoveryOptions;
 
   /**
    * `gate` and `worker`: set when this is one worker of several (see workers.ts);
@@ -38,7 +54,7 @@ export class Proxy {
     log: Logger,
     group: { gate: RejoinGate; worker: number } = { gate: LOCAL_GATE, worker: 0 },
   ) {
-    this.config = config;
+    this.current = config;
     this.log = log;
     this.gate = group.gate;
     this.nodes = config.nodes.map(
@@ -50,12 +66,7 @@ export class Proxy {
             port: n.port,
             label: nodeLabel(n),
             connections: config.backend.connections,
-            connectTimeoutMs: config.timeouts.connectMs,
-            requestTimeoutMs: config.timeouts.requestMs,
-            failureThreshold: config.backend.failureThreshold,
-            probeMs: config.backend.probeMs,
-            probeMaxMs: config.backend.probeMaxMs,
-            maxValue: config.limits.itemSizeMax,
+            ...nodeSettings(config),
           },
           log,
           {
@@ -67,29 +78,27 @@ export class Proxy {
         ),
     );
     this.ring = new Ring(config.nodes.map((n) => ({ label: nodeLabel(n), weight: n.weight })));
-    this.router = new Router(
-      this.nodes,
-      this.ring,
-      {
-        replicas: config.replicas,
-        ackMode: config.ackMode,
-        version: PROTOCOL_VERSION,
-        proxyVersion: VERSION,
-        worker: group.worker,
-        workers: config.workers,
-        settings: () => this.settings(),
-      },
-      this.stats,
-    );
+    this.routeOptions = {
+      replicas: config.replicas,
+      ackMode: config.ackMode,
+      version: PROTOCOL_VERSION,
+      proxyVersion: VERSION,
+      worker: group.worker,
+      workers: config.workers,
+      settings: () => this.settings(),
+      extra: () => this.configRows(),
+    };
+    this.router = new Router(this.nodes, this.ring, this.routeOptions, this.stats);
+    this.recoveryOptions = {
+      replicas: config.replicas,
+      outageLogMax: config.recovery.outageLogMax,
+      resyncRate: config.recovery.resyncRate,
+    };
     this.recovery = new Recovery(
       this.nodes,
       this.ring,
       this.router.order,
-      {
-        replicas: config.replicas,
-        outageLogMax: config.recovery.outageLogMax,
-        resyncRate: config.recovery.resyncRate,
-      },
+      this.recoveryOptions,
       log,
       group.gate,
     );
@@ -102,6 +111,31 @@ export class Proxy {
     this.server.maxConnections = config.limits.maxClients;
     this.server.on('drop', () => this.stats.rejectedConnections++);
   }
+
+  /** The config in force (the last one applied). */
+  get config(): Config {
+    return this.current;
+  }
+
+  /**
+   * Apply a reloaded config that reloadPlan accepted: log level, timeouts,
+   * failure and probe settings, ack mode, recovery settings, limits and
+   * users. Requests in flight finish under the settings they started with;
+   * client limits and authentication apply to connections accepted from now.
+   */
+  reconfigure(next: Config): void {
+    this.current = next;
+    this.log.level = next.log.level as Level;
+    this.gate.setLogLevel?.(next.log.level);
+    this.server.maxConnections = next.limits.maxClients;
+    this.routeOptions.ackMode = next.ackMode;
+    this.recoveryOptions.outageLogMax = next.recovery.outageLogMax;
+    this.recoveryOptions.resyncRate = next.recovery.resyncRate;
+    for (const n of this.nodes) n.reconfigure(nodeSettings(next));
+  }
+
+  /** Rows `stats` adds about the config in force (set by whoever reloads it). */
+  configRows: () => [string, string | number][] = () => [];
 
   private accept(socket: net.Socket): void {
     const stats = this.stats;

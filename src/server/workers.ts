@@ -21,11 +21,12 @@
 import cluster, { type Worker } from 'node:cluster';
 import { constants } from 'node:os';
 import type { Logger } from 'pino';
-import type { Config } from '../config.js';
+import { type Config, parseConfig } from '../config.js';
 import { joinCluster } from '../coordination/etcd-gate.js';
 import type { ClusterPeer, RejoinGate } from '../routing/rejoin-gate.js';
 import { VERSION } from '../version.js';
 import { Proxy } from './proxy.js';
+import { type ConfigStatus, Reloader, statusRows } from './reload.js';
 
 /** Worker -> primary. */
 export type ToPrimary =
@@ -53,7 +54,9 @@ export type ToWorker =
   | { msp: 'fence'; node: number; key: string; seq: number }
   | { msp: 'flush'; node: number }
   | { msp: 'resync'; node: number }
-  | { msp: 'complete'; node: number; complete: boolean };
+  | { msp: 'complete'; node: number; complete: boolean }
+  /** A reload: the config now in force (JSON, null when unchanged) and its status. */
+  | { msp: 'config'; config: string | null; status: ConfigStatus };
 
 /** The worker that runs re-syncs. */
 export const RESYNC_WORKER = 0;
@@ -284,19 +287,12 @@ const RESTART_MAX_MS = 10_000;
 const STABLE_MS = 30_000;
 
 /**
- * SIGHUP's default action kills the process, and with it the outage logs,
- * which live only in memory. Config reload is not implemented, so a hangup
- * (a closed terminal, or a reload by habit) is logged with `log` and
- * otherwise ignored; without `log` (a worker: the primary logs it, and a
- * terminal's hangup reaches every process of the group) silently.
+ * A worker ignores SIGHUP: its default action would end the process, and
+ * the outage logs with it. A terminal's hangup reaches every process of the
+ * group; the primary reloads the config and sends it to the workers.
  */
-export function ignoreHangup(log: Logger | null): void {
-  process.on('SIGHUP', () => {
-    log?.warn(
-      { signal: 'SIGHUP' },
-      'SIGHUP: config reload is not supported; restart msproxy to apply a new config',
-    );
-  });
+function ignoreHangup(): void {
+  process.on('SIGHUP', () => {});
 }
 
 /**
@@ -336,8 +332,27 @@ export function onStopSignals(
  * SIGINT/SIGTERM (a second one ends it at once, see onStopSignals). Resolves with the exit
  * code (1 if a worker cannot start).
  */
-export function runPrimary(config: Config, log: Logger): Promise<number> {
-  ignoreHangup(log);
+/**
+ * The primary of `workers`: forks them, restarts one that dies, relays what
+ * they tell each other, and reloads the config (`file`) on SIGHUP for them all.
+ */
+export function runPrimary(
+  config: Config,
+  log: Logger,
+  file: string,
+  digest: string,
+): Promise<number> {
+  /** The config in force: what a worker forked from now on runs. */
+  let current = config;
+  const reloader = new Reloader(file, config, digest, log, (next, status) => {
+    if (next !== null) current = next;
+    for (const w of slots) {
+      if (w?.isConnected()) {
+        w.send({ msp: 'config', config: next && JSON.stringify(next), status } as ToWorker);
+      }
+    }
+  });
+  reloader.listen();
   const n = config.workers;
   const slots = new Array<Worker | null>(n).fill(null);
   const restarts = new Array<number>(n).fill(0);
@@ -369,7 +384,11 @@ export function runPrimary(config: Config, log: Logger): Promise<number> {
 
   const fork = (i: number): void => {
     // Workers run the primary's config (see cli.ts), not the file as it may be now.
-    const w = cluster.fork({ MSP_WORKER: String(i), MSP_CONFIG: JSON.stringify(config) });
+    const w = cluster.fork({
+      MSP_WORKER: String(i),
+      MSP_CONFIG: JSON.stringify(current),
+      MSP_CONFIG_STATUS: JSON.stringify(reloader.status),
+    });
     slots[i] = w;
     let servingSince = 0;
     w.on('message', (msg: unknown) => {
@@ -443,7 +462,7 @@ export async function runWorker(config: Config, log: Logger, index: number): Pro
 }
 
 async function serveAsWorker(config: Config, log: Logger, index: number): Promise<number> {
-  ignoreHangup(null);
+  ignoreHangup();
   const post = (msg: ToPrimary): void => {
     if (process.connected) process.send!(msg);
   };
@@ -473,9 +492,28 @@ async function serveAsWorker(config: Config, log: Logger, index: number): Promis
         return;
     }
   };
+  const status = JSON.parse(process.env['MSP_CONFIG_STATUS'] ?? 'null') as ConfigStatus | null;
+  let proxy: Proxy | null = null;
+  /** A reload that came before the proxy was built: applied once it is. */
+  let earlyConfig: string | null = null;
+  const reconfigure = (msg: { config: string | null; status: ConfigStatus }): void => {
+    if (status !== null) Object.assign(status, msg.status);
+    if (msg.config === null) return;
+    if (proxy === null) {
+      earlyConfig = msg.config;
+      return;
+    }
+    try {
+      proxy.reconfigure(parseConfig(JSON.parse(msg.config)));
+    } catch (err) {
+      // The primary read the same files a moment ago: only a users file changed since fails.
+      log.error({ err: String(err) }, 'config reload failed in this worker');
+    }
+  };
   const init = new Promise<{ down: number[]; incomplete: number[] }>((resolve) => {
     process.on('message', (msg: ToWorker) => {
       if (msg?.msp === 'init') return resolve(msg);
+      if (msg?.msp === 'config') return reconfigure(msg);
       if (group !== null) return;
       if (peer === null) early.push(msg);
       else apply(msg);
@@ -483,7 +521,9 @@ async function serveAsWorker(config: Config, log: Logger, index: number): Promis
   });
   post({ msp: 'hello' });
   const { down, incomplete } = await init;
-  const proxy = new Proxy(config, log, { gate: group ?? gate, worker: index });
+  proxy = new Proxy(config, log, { gate: group ?? gate, worker: index });
+  if (status !== null) proxy.configRows = () => statusRows(status);
+  if (earlyConfig !== null && status !== null) reconfigure({ config: earlyConfig, status });
   peer = proxy.peer();
   if (group !== null) {
     group.bind(peer);

@@ -39,7 +39,11 @@ export class ProxyProcess {
   exitSignal: NodeJS.Signals | null = null;
   private readonly exited: Promise<number>;
 
-  private constructor(readonly child: ChildProcess) {
+  /** `file`: the config file it was started with (a reload test rewrites it). */
+  private constructor(
+    readonly child: ChildProcess,
+    readonly file: string,
+  ) {
     running.add(child);
     this.exited = new Promise((resolve) => {
       child.once('exit', (code, signal) => {
@@ -63,6 +67,11 @@ export class ProxyProcess {
     return this.child.pid!;
   }
 
+  /** Replace its config file (JSON of `config`, or raw text), as an operator edits it. */
+  writeConfig(config: unknown): void {
+    writeFileSync(this.file, typeof config === 'string' ? config : JSON.stringify(config));
+  }
+
   /**
    * Run the CLI with `config` (an object, written to a file) and extra
    * arguments. With `bin`, run bin/msproxy.js itself as an executable, as
@@ -78,7 +87,7 @@ export class ProxyProcess {
       : spawn(process.execPath, ['--import', 'tsx/esm', MAIN, '--config', file, ...args], {
           stdio,
         });
-    return new ProxyProcess(child);
+    return new ProxyProcess(child, file);
   }
 
   /** Spawn and wait until it listens (throws with its log if it exits or takes too long). */

@@ -4,7 +4,7 @@
  */
 
 import { expect } from 'chai';
-import { ConfigError, parseConfig } from '../../src/config.js';
+import { ConfigError, changedFields, parseConfig, reloadPlan } from '../../src/config.js';
 
 function withNodes(nodes: unknown[]): unknown {
   return { listen: '127.0.0.1:0', nodes, replicas: 2 };
@@ -153,5 +153,63 @@ describe('config: nodes whose ring points would coincide', function () {
       ]),
     );
     expect(c.nodes).to.have.length(4);
+  });
+});
+
+describe('config: what a reload may change', function () {
+  const base = {
+    listen: '127.0.0.1:11311',
+    nodes: ['127.0.0.1:11211', { host: '127.0.0.1', port: 11212, name: 'b' }],
+  };
+
+  it('lists the fields that differ, defaults filled in, as dotted paths', function () {
+    const a = parseConfig(base);
+    expect(changedFields(a, parseConfig(base))).to.deep.equal([]);
+    // Writing a default out changes nothing.
+    expect(changedFields(a, parseConfig({ ...base, replicas: 2 }))).to.deep.equal([]);
+    const b = parseConfig({
+      ...base,
+      timeouts: { requestMs: 300 },
+      log: { level: 'warn' },
+      limits: { maxInflight: 8 },
+    });
+    expect(changedFields(a, b).sort()).to.deep.equal([
+      'limits.maxInflight',
+      'log.level',
+      'timeouts.requestMs',
+    ]);
+    expect(reloadPlan(a, b).refused).to.deep.equal([]);
+  });
+
+  it('refuses what only a restart can change, and any change of placement', function () {
+    const a = parseConfig(base);
+    const refused = (over: Record<string, unknown>): string[] =>
+      reloadPlan(a, parseConfig({ ...base, ...over })).refused;
+    expect(refused({ listen: '127.0.0.1:11312' })).to.deep.equal([
+      'listen.port changes only with a restart',
+    ]);
+    expect(refused({ workers: 2 })).to.deep.equal(['workers changes only with a restart']);
+    expect(refused({ backend: { connections: 2 } })).to.deep.equal([
+      'backend.connections changes only with a restart',
+    ]);
+    expect(refused({ pidFile: '/run/msproxy.pid' })).to.deep.equal([
+      'pidFile changes only with a restart',
+    ]);
+    expect(
+      refused({ coordination: { etcd: { endpoints: ['http://127.0.0.1:2379'], prefix: '/m' } } }),
+    ).to.deep.equal(['coordination changes only with a restart']);
+    expect(refused({ replicas: 1 })).to.deep.equal([
+      'replicas: the placement of keys changes only with a restart',
+    ]);
+    // A node's weight, name or address is placement: the nodes compare whole.
+    for (const nodes of [
+      ['127.0.0.1:11211', { host: '127.0.0.1', port: 11212, name: 'b', weight: 2 }],
+      ['127.0.0.1:11211', { host: '127.0.0.1', port: 11213, name: 'b' }],
+      ['127.0.0.1:11211'],
+    ]) {
+      expect(refused({ nodes, replicas: 1 })).to.include(
+        'nodes: the placement of keys changes only with a restart',
+      );
+    }
   });
 });

@@ -17,6 +17,7 @@ import {
   EXPECT_VALUES,
   ResponseParser,
 } from '../src/protocol/response-parser.js';
+import { Placement } from '../src/routing/placement.js';
 import { Ring } from '../src/routing/ring.js';
 import { Router } from '../src/routing/router.js';
 import { Stats } from '../src/stats.js';
@@ -104,10 +105,11 @@ function requests(getRatio: number, count: number): Case[] {
 function run(name: string, getRatio: number): void {
   const nodes = [0, 1, 2].map((i) => new MemNode(i));
   const ring = new Ring(nodes.map((_, i) => ({ label: `127.0.0.1:${11211 + i}`, weight: 1 })));
+  const members = nodes as unknown as BackendNode[];
   const router = new Router(
-    nodes as unknown as BackendNode[],
-    ring,
-    { replicas: 2, ackMode: 'sync', version: '1.6', proxyVersion: '0' },
+    members,
+    new Placement(ring, 2, members),
+    { ackMode: 'sync', version: '1.6', proxyVersion: '0' },
     new Stats(),
   );
   let answered = 0;

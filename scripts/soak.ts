@@ -6,7 +6,10 @@
  *   kill -9 a node, then restart it empty;
  *   hang a node (SIGSTOP) for `--hang` seconds, then SIGCONT;
  *   restart a node empty, wait for its re-sync, then kill another and restart it;
- *   hang every node for 2 s.
+ *   hang every node for 2 s;
+ *   with one instance: add a fourth node by reload, wait for the rebalance,
+ *   kill an original node and restart it empty, then retire the fourth node
+ *   by reload and wait for that rebalance.
  *
  * Per phase it prints failed requests (and when the last one failed) and the
  * latency clients saw (p50, p99, max, and how many took over 200 ms); at the end every
@@ -27,7 +30,7 @@ import { joinCluster } from '../src/coordination/etcd-gate.js';
 import { Proxy } from '../src/server/proxy.js';
 import { Etcd } from '../test/helpers/etcd.js';
 import { type Cluster, startCluster } from '../test/helpers/proxy.js';
-import { sleep } from '../test/helpers/memcached.js';
+import { Memcached, sleep } from '../test/helpers/memcached.js';
 import {
   SessionWorkload,
   countsSince,
@@ -95,6 +98,15 @@ async function restartAndResync(c: Cluster, n: number): Promise<void> {
   );
 }
 
+/** Apply `config` to the instance as a reload does, and wait until its rebalance is done. */
+async function resize(p: Proxy, config: unknown): Promise<void> {
+  const next = parseConfig(config);
+  const refused = p.refusal(next);
+  if (refused.length > 0) throw new Error(`reload refused: ${refused.join('; ')}`);
+  p.reconfigure(next);
+  await waitUntil('rebalance', 120_000, () => p.recovery.rebalanceState === 'done');
+}
+
 /** Start the other instances, each a member of the cluster in etcd (see --instances). */
 async function startInstances(c: Cluster): Promise<void> {
   const log = pino({ level: process.env.MSP_TEST_LOG ?? 'silent' });
@@ -126,13 +138,16 @@ async function main(): Promise<void> {
     ports,
     maxRunMs: MINUTES * 60_000 + 120_000,
   });
+  // Placement changes by reload are for one instance (workers and etcd refuse them).
+  const spare = INSTANCES === 1 ? await Memcached.start() : null;
+  const kinds = spare === null ? 4 : 5;
   let cycle = 0;
   try {
     await phase(w, 'warm-up', () => w.run(3000));
     while (Date.now() < deadline) {
       const n = cycle % 3;
       const other = (n + 1) % 3;
-      switch (cycle % 4) {
+      switch (cycle % kinds) {
         case 0:
           await phase(w, `kill -9 node ${n}`, async () => {
             await c.kill(n);
@@ -165,6 +180,27 @@ async function main(): Promise<void> {
           });
           await phase(w, `restart node ${other} empty, re-sync`, () => restartAndResync(c, other));
           break;
+        case 4: {
+          const base = c.config;
+          const grown = {
+            ...base,
+            nodes: [...base.nodes, { host: '127.0.0.1', port: spare!.port }],
+          };
+          await phase(w, 'add a fourth node (reload), rebalance', async () => {
+            await resize(c.proxy, grown);
+            await w.run(500);
+          });
+          await phase(w, `then kill node ${n}`, async () => {
+            await c.kill(n);
+            await w.run(3000);
+          });
+          await phase(w, `restart node ${n} empty, re-sync`, () => restartAndResync(c, n));
+          await phase(w, 'retire the fourth node (reload), rebalance', async () => {
+            await resize(c.proxy, base);
+            await w.run(500);
+          });
+          break;
+        }
         default:
           await phase(w, 'hang every node for 2 s', async () => {
             for (const m of c.nodes) m.pause();
@@ -189,6 +225,7 @@ async function main(): Promise<void> {
   console.log(w.summary());
   for (const p of proxies.slice(1)) await p.close();
   await c.stop();
+  await spare?.kill();
   await etcd?.stop();
   if (violations.length > 0) {
     console.log(`VIOLATIONS ${violations.length}:\n${formatViolations(violations)}`);

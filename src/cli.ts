@@ -72,6 +72,7 @@ export async function main(argv: string[]): Promise<number> {
   const reloader = new Reloader(opts.config, config, digest, log, (next) => {
     if (next !== null) proxy?.reconfigure(next);
   });
+  reloader.check = (next) => proxy?.refusal(next) ?? [];
   reloader.listen();
   const group = await joinCluster(config, log);
   // A reload while joining is in force from the start.

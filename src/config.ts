@@ -347,8 +347,7 @@ function parseConfigText(file: string, text: string): Config {
 
 /**
  * Settings a reload cannot change in a running process: the listener and the
- * process layout, the etcd cluster, the connection pools, and the placement
- * of keys (nodes, their names, weights and order, and replicas).
+ * process layout, the etcd cluster and the connection pools.
  */
 const RESTART_ONLY = ['listen', 'workers', 'coordination', 'backend.connections', 'pidFile'];
 
@@ -383,8 +382,12 @@ export function reloadPlan(
   for (const f of changed) {
     if (RESTART_ONLY.some((r) => f === r || f.startsWith(`${r}.`))) {
       refused.push(`${f} changes only with a restart`);
-    } else if (f === 'nodes' || f === 'replicas') {
-      refused.push(`${f}: the placement of keys changes only with a restart`);
+    } else if (
+      (f === 'nodes' || f === 'replicas') &&
+      (running.workers > 1 || running.coordination !== undefined)
+    ) {
+      // Every process must move keys together: not yet done across workers or instances.
+      refused.push(`${f}: changes only with a restart with workers or coordination`);
     }
   }
   return { changed, refused };

@@ -285,6 +285,18 @@ export class BackendNode {
     for (const c of this.conns) c?.setRequestTimeout(o.requestTimeoutMs);
   }
 
+  /**
+   * Point the node at another memcached (a reload gave its name a new
+   * address): out of service now; its probe then asks the new address.
+   */
+  readdress(host: string, port: number): void {
+    const was = this.address;
+    this.options.host = host;
+    this.options.port = port;
+    this.probeConn?.destroy(new BackendError('MSP_BACKEND_CLOSED', 'node readdressed'));
+    this.markDown(`address changed from ${was}`);
+  }
+
   markDownNow(reason: string): void {
     this.markDown(reason);
   }

@@ -23,11 +23,19 @@ export const CAS_NEVER = (1n << 64n) - 1n;
 const C_FLAG = Buffer.from(' c');
 
 export class CasTokens {
-  /** Whether tokens carry their node (more than one replica). */
-  readonly encoding: boolean;
+  /** Whether tokens carry their node (more than one replica, at start or since). */
+  encoding: boolean;
 
   constructor(replicas: number) {
     this.encoding = replicas > 1;
+  }
+
+  /**
+   * The replica count changed: past one, tokens carry their node from now
+   * on (a token issued before names none, and fails a cas once, EXISTS).
+   */
+  placementChanged(replicas: number): void {
+    if (replicas > 1) this.encoding = true;
   }
 
   /** Token a client sees for cas unique `cas` issued by `node`. */

@@ -42,7 +42,7 @@ export function conditionalWrite(
 ): void {
   const hash = keyHash(req.key);
   ctx.order.run(EXCLUSIVE, hash, () =>
-    decide(ctx, req, hash, ctx.trusted(req.key), 0, build, success, done),
+    decide(ctx, req, hash, ctx.authorities(req.key), 0, build, success, done),
   );
 }
 

@@ -39,10 +39,11 @@ export function flushAll(
   data: Buffer | Buffer[],
   done: Done,
 ): void {
-  const up = ctx.nodes.filter((n) => n.isUp);
+  const members = ctx.placement.members;
+  const up = members.filter((n) => n.isUp);
   if (up.length === 0) return done(req.noreply ? null : NO_REPLICA);
   // A node that misses a flush holds items its replicas dropped: flushed on rejoin.
-  for (const n of ctx.nodes) if (!n.isUp) ctx.recovery?.missedFlush(n.index);
+  for (const n of members) if (!n.isUp) ctx.recovery?.missedFlush(n.index);
   let left = up.length;
   let ok = false;
   for (const n of up) {
@@ -98,13 +99,13 @@ export function statsReply(ctx: RouteContext, req: Request, id: StatsIdentity): 
     ['proxy_backend_timeouts', s.backendTimeouts],
     ['proxy_backend_errors', s.backendErrors],
     ['proxy_keys_ordered', ctx.order.size],
-    ['proxy_replicas', ctx.options.replicas],
-    ['proxy_nodes', ctx.nodes.length],
-    ['proxy_nodes_up', ctx.nodes.filter((n) => n.isUp).length],
+    ['proxy_replicas', ctx.placement.copies],
+    ['proxy_nodes', ctx.placement.members.length],
+    ['proxy_nodes_up', ctx.placement.members.filter((n) => n.isUp).length],
   ];
   if (id.extra !== undefined) rows.push(...id.extra());
   if (ctx.recovery !== null) rows.push(...ctx.recovery.rows());
-  for (const n of ctx.nodes) {
+  for (const n of ctx.placement.members) {
     rows.push([`proxy_node_${n.index}_address`, n.address]);
     rows.push([`proxy_node_${n.index}_up`, n.isUp ? 1 : 0]);
     rows.push([`proxy_node_${n.index}_requests`, n.requests]);

@@ -26,7 +26,7 @@ import { EXPECT_LINE, EXPECT_VALUES, type Reply } from '../protocol/response-par
 import { type Item, readItem } from './item.js';
 import { READ, Ticket } from './key-order.js';
 import { keyHash } from './meta.js';
-import { metaMiss, missIsTrue, answered, type ReplyOrErr } from './reply-rules.js';
+import { metaMiss, answered, type ReplyOrErr } from './reply-rules.js';
 import {
   type Done,
   NO_REPLICA,
@@ -202,7 +202,7 @@ class Read {
     const ctx = this.ctx;
     req.keys.forEach((key, i) => {
       const route = this.routes[i]!;
-      if (route.length < ctx.options.replicas) ctx.missedByDown(key);
+      if (ctx.leftOut(route)) ctx.missedByDown(key);
       if (route.length < 2) return;
       const msg = encodeTouch(key, ttl);
       for (let a = 1; a < route.length; a++) {
@@ -356,10 +356,7 @@ class Read {
   private end(i: number): void {
     const ctx = this.ctx;
     const missedOn = this.missedOn[i];
-    if (
-      missedOn !== undefined &&
-      missIsTrue(ctx.replicaSet(this.req.keys[i]!), missedOn, ctx.complete)
-    ) {
+    if (missedOn !== undefined && ctx.missTrue(this.req.keys[i]!, missedOn)) {
       ctx.stats.getMisses++;
       if (this.meta) this.results[i] = ctx.clientReply(this.req, this.miss!, missedOn[0]!);
     } else {

@@ -19,10 +19,9 @@ import type { Via } from './item.js';
 import { EXCLUSIVE, type KeyOrder } from './key-order.js';
 import type { RejoinGate } from './rejoin-gate.js';
 import { keyHash } from './meta.js';
-import type { Ring } from './ring.js';
+import type { Placement } from './placement.js';
 
 export interface RecoveryOptions {
-  replicas: number;
   /** Keys an outage log holds before it overflows (the node is then flushed on rejoin). */
   outageLogMax: number;
   /** Re-sync copy rate, keys per second (0: no re-sync). */
@@ -86,7 +85,7 @@ export class NodeRecovery {
 
 export class RecoveryCore {
   readonly nodes: readonly BackendNode[];
-  readonly ring: Ring;
+  readonly placement: Placement;
   readonly order: KeyOrder;
   readonly options: RecoveryOptions;
   readonly log: Logger;
@@ -104,14 +103,14 @@ export class RecoveryCore {
 
   constructor(
     nodes: readonly BackendNode[],
-    ring: Ring,
+    placement: Placement,
     order: KeyOrder,
     options: RecoveryOptions,
     log: Logger,
     gate: RejoinGate,
   ) {
     this.nodes = nodes;
-    this.ring = ring;
+    this.placement = placement;
     this.order = order;
     this.options = options;
     this.log = log;
@@ -119,9 +118,24 @@ export class RecoveryCore {
     this.state = nodes.map(() => new NodeRecovery());
   }
 
-  /** The key's replica set, primary first. */
+  /** The key's replica set, primary first (during a move, old and new: see Placement). */
   replicaSet(key: Buffer): Uint16Array {
-    return this.ring.replicas(key, this.options.replicas);
+    return this.placement.replicaSet(key);
+  }
+
+  /** The replicas of a key that hold every acknowledged write (during a move, the old ones). */
+  owners(key: Buffer): Uint16Array {
+    return this.placement.owners(key);
+  }
+
+  /** The nodes of the placement in force (a retired node is not one). */
+  get members(): readonly BackendNode[] {
+    return this.placement.members;
+  }
+
+  /** A node was added to the proxy's list (a reload): it gets its recovery state. */
+  added(): void {
+    while (this.state.length < this.nodes.length) this.state.push(new NodeRecovery());
   }
 
   /** Whether `node`'s copy of `ks` may be read: not fenced, and no missed write pending there. */

@@ -24,7 +24,8 @@ import { RecoveryCore, type RecoveryOptions, type ResyncState } from './recovery
 import { LOCAL_GATE, type RejoinGate } from './rejoin-gate.js';
 import { Rejoin } from './rejoin.js';
 import { Resync } from './resync.js';
-import type { Ring } from './ring.js';
+import type { Placement } from './placement.js';
+import { type MoveHooks, Rebalance, type RebalanceState } from './rebalance.js';
 
 export type { RecoveryOptions, ResyncState } from './recovery-core.js';
 
@@ -32,6 +33,7 @@ export class Recovery {
   private readonly core: RecoveryCore;
   private readonly rejoin: Rejoin;
   private readonly resyncer: Resync;
+  private readonly rebalancer: Rebalance;
   /**
    * Stamps the misses, in order (see Rejoin's fence): a hybrid clock, never
    * less than the previous stamp plus one nor than the wall clock in 1/1024 ms,
@@ -42,15 +44,16 @@ export class Recovery {
 
   constructor(
     nodes: readonly BackendNode[],
-    ring: Ring,
+    placement: Placement,
     order: KeyOrder,
     options: RecoveryOptions,
     log: Logger,
     gate: RejoinGate = LOCAL_GATE,
   ) {
-    this.core = new RecoveryCore(nodes, ring, order, options, log, gate);
+    this.core = new RecoveryCore(nodes, placement, order, options, log, gate);
     this.resyncer = new Resync(this.core);
-    this.rejoin = new Rejoin(this.core, this.resyncer);
+    this.rebalancer = new Rebalance(this.core, this.resyncer);
+    this.rejoin = new Rejoin(this.core, this.resyncer, () => this.rebalancer.nodeBack());
   }
 
   // ------------------------------------------------------------ outage log
@@ -91,9 +94,9 @@ export class Recovery {
    * comes first on every write.
    */
   get confirming(): boolean {
-    const { gate, nodes } = this.core;
+    const { gate, members } = this.core;
     if (gate.downKnown === undefined) return false;
-    return gate.fencesPending === true || !nodes.every((n) => n.isUp);
+    return gate.fencesPending === true || !members.every((n) => n.isUp);
   }
 
   /**
@@ -208,11 +211,63 @@ export class Recovery {
     this.resyncer.run(node);
   }
 
+  // ------------------------------------------------------------- placement
+
+  /** Nodes were added to the proxy's list (a reload): each gets its recovery state. */
+  added(): void {
+    this.core.added();
+  }
+
+  /**
+   * `node` is new to the ring (or came back to it): what it holds cannot be
+   * vouched for, so it is out of service until it has been flushed (its
+   * rejoin), then refilled by its re-sync; writes skip it meanwhile.
+   */
+  joining(node: number): void {
+    const s = this.core.state[node]!;
+    s.overflow = true;
+    s.missed = new Map();
+    s.fenced = new Map();
+    this.core.incomplete(node);
+    this.core.nodes[node]!.markDownNow('new in the ring: flushed and refilled before it serves');
+  }
+
+  /** A reload moved the keys (Placement.begin): copy them, then end the move (Rebalance). */
+  rebalance(hooks: MoveHooks): void {
+    this.rebalancer.start(hooks);
+  }
+
+  /** The rebalance's state (stats `proxy_rebalance`). */
+  get rebalanceState(): RebalanceState {
+    return this.rebalancer.state;
+  }
+
+  /** Whether a move is under way (a reload that changes placement must wait for it). */
+  get moving(): boolean {
+    return this.rebalancer.active;
+  }
+
+  /** A node left the ring for good: forget its recovery state. */
+  retired(node: number): void {
+    const s = this.core.state[node]!;
+    s.missed = new Map();
+    s.fenced = new Map();
+    s.overflow = false;
+  }
+
   // ------------------------------------------------------------------ stats
 
   rows(): [string, string | number][] {
-    const out: [string, string | number][] = [];
-    this.core.state.forEach((s, i) => {
+    const r = this.rebalancer;
+    const out: [string, string | number][] = [
+      ['proxy_rebalance', r.state],
+      ['proxy_rebalance_scanned', r.scanned],
+      ['proxy_rebalance_copied', r.copied],
+      ['proxy_rebalance_failed', r.failed],
+      ['proxy_rebalance_deleted', r.deleted],
+    ];
+    for (const { index: i } of this.core.members) {
+      const s = this.core.state[i]!;
       out.push([`proxy_node_${i}_outage_log`, s.overflow ? 'overflow' : s.missed.size]);
       out.push([`proxy_node_${i}_fenced_keys`, s.fenced.size]);
       out.push([`proxy_node_${i}_complete`, s.complete ? 1 : 0]);
@@ -225,7 +280,7 @@ export class Recovery {
       out.push([`proxy_node_${i}_resync_scanned`, s.resyncScanned]);
       out.push([`proxy_node_${i}_resync_copied`, s.resyncCopied]);
       out.push([`proxy_node_${i}_resync_failed`, s.resyncFailed]);
-    });
+    }
     const gate = this.core.gate.rows?.();
     if (gate !== undefined) out.push(...gate);
     return out;

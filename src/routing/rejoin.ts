@@ -46,9 +46,13 @@ export class Rejoin {
   private readonly core: RecoveryCore;
   private readonly resync: Resync;
 
-  constructor(core: RecoveryCore, resync: Resync) {
+  /** `onServing`: a node serves again (a rebalance waiting for it may go on). */
+  private readonly onServing: () => void;
+
+  constructor(core: RecoveryCore, resync: Resync, onServing: () => void = () => {}) {
     this.core = core;
     this.resync = resync;
+    this.onServing = onServing;
   }
 
   /** Fix what `node` missed in the background soon, if it is up (a down node waits for its rejoin). */
@@ -115,7 +119,7 @@ export class Rejoin {
    */
   private firstContact(node: BackendNode): boolean {
     const core = this.core;
-    const others = core.nodes.every((n) => n === node || (n.isUp && n.answeredAtStart));
+    const others = core.members.every((n) => n === node || (n.isUp && n.answeredAtStart));
     if (!others) {
       core.log.warn(
         { node: node.label },
@@ -212,6 +216,7 @@ export class Rejoin {
     core.state.forEach((o, i) => {
       if (i !== node && o.resync === 'failed' && core.nodes[i]!.isUp) this.resync.run(i);
     });
+    this.onServing();
   }
 
   /** A node came back: keys fenced elsewhere may have a source again. */
@@ -294,30 +299,38 @@ export class Rejoin {
    * the others that are up. If a replica that is down missed less still, the
    * copies that are up may be older than it: they are fenced until it returns
    * (or a write replaces them). So are the copies older than a best one that
-   * waits for other processes (RejoinGate).
+   * waits for other processes (RejoinGate). Only a copy known to hold every
+   * acknowledged write but the ones it missed can be the best: a complete
+   * replica, and during a move one of the old placement. A node being
+   * refilled, or new to the key, may lack it without having missed a write.
    */
   private fence(node: number, key: Buffer, seq: number, cb: (res: FenceResult) => void): void {
     const core = this.core;
     core.holding(key, cb, (hash, finish: (res: FenceResult) => void) => {
       const ks = key.toString('latin1');
-      let best = node;
-      let bestSeq = Math.max(seq, core.state[node]!.lastMissed(ks));
+      const owners = core.owners(key);
+      const vouched = (n: number): boolean => core.state[n]!.complete && owners.includes(n);
+      let best = vouched(node) ? node : -1;
+      let bestSeq = best < 0 ? Infinity : Math.max(seq, core.state[node]!.lastMissed(ks));
       let downBest = Infinity;
       const up: number[] = [];
       for (const n of core.replicaSet(key)) {
         if (n === node) continue;
         const m = core.state[n]!.lastMissed(ks);
         if (!core.nodes[n]!.isUp) {
-          downBest = Math.min(downBest, m);
+          if (vouched(n)) downBest = Math.min(downBest, m);
           continue;
         }
         up.push(n);
         // On a tie both missed the same write (its outcome was unknown): either copy will do.
-        if (m <= bestSeq) {
+        if (vouched(n) && m <= bestSeq) {
           best = n;
           bestSeq = m;
         }
       }
+      // No copy that can be vouched for is up: nothing to copy from. The node's copy is
+      // fenced, as when a partner fails, and fixed when one comes back.
+      if (best < 0) return finish('other');
       const targets = [node, ...up].filter((n) => n !== best);
       // A node still waiting for other processes to replay may lack their writes, which
       // reached the other replicas and which this process knows nothing of yet: copied over

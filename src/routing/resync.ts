@@ -13,6 +13,7 @@
  * only other copy of some keys), and a failed run runs again later.
  */
 
+import { CopyPass, type KeyList } from './copy-pass.js';
 import { itemChanged, copyable, readItem, storeItem } from './item.js';
 import { KeySet } from './key-set.js';
 import { parseMetaFlags } from './meta.js';
@@ -23,17 +24,9 @@ import { encodeMeta } from '../protocol/encoder.js';
 import { startsWith } from '../protocol/response-parser.js';
 
 const RESYNC_RETRY_MAX_MS = 30_000;
-/** Copies in flight. */
-const WINDOW = 32;
 /** Listing attempts per source (a second one while another crawl runs answers BUSY). */
 const METADUMP_TRIES = 20;
 const METADUMP_RETRY_MS = 250;
-
-/** Keys a re-sync pass copies, by position. An array is one. */
-interface KeyList {
-  readonly length: number;
-  at(i: number): Buffer | undefined;
-}
 
 export class Resync {
   private readonly core: RecoveryCore;
@@ -91,9 +84,9 @@ export class Resync {
     const core = this.core;
     const s = core.state[node]!;
     const target = core.nodes[node]!;
-    const sources = core.nodes.filter((n) => n.index !== node && n.isUp);
+    const sources = core.members.filter((n) => n.index !== node && n.isUp);
     let listed = 0;
-    let incomplete = sources.length < core.nodes.length - 1;
+    let incomplete = sources.length < core.members.filter((n) => n.index !== node).length;
     if (sources.length === 0) return cb(true);
     // Keys are looked at as they stream in, and only this node's are kept: a source's whole
     // listing is never held.
@@ -102,7 +95,7 @@ export class Resync {
       if (core.replicaSet(k).includes(node)) seen.add(k);
     };
     for (const src of sources) {
-      this.listRetry(src.address, METADUMP_TRIES, onKey, (err) => {
+      this.listRetry(src.address, onKey, (err) => {
         if (err !== null) {
           incomplete = true;
           core.log.warn(
@@ -121,15 +114,15 @@ export class Resync {
    * time and answers another with BUSY (two nodes re-syncing from one source).
    * Keys of a failed attempt have been given to `onKey` too: they exist.
    */
-  private listRetry(
+  listRetry(
     address: string,
-    tries: number,
     onKey: (key: Buffer) => void,
     cb: (err: Error | null) => void,
+    tries = METADUMP_TRIES,
   ): void {
     this.metadump(address, onKey, (err) => {
       if (err === null || tries <= 1 || this.core.closed) return cb(err);
-      this.core.later(() => this.listRetry(address, tries - 1, onKey, cb), METADUMP_RETRY_MS);
+      this.core.later(() => this.listRetry(address, onKey, cb, tries - 1), METADUMP_RETRY_MS);
     });
   }
 
@@ -156,18 +149,29 @@ export class Resync {
     incomplete: boolean,
     next: ((failed: Buffer[]) => void) | null,
   ): void {
-    const pass = new CopyPass(this.core, node, run, keys, (key, cb) => this.refill(node, key, cb));
-    pass.onEnd = (failed) => {
-      if (!incomplete && next !== null) return next(failed);
-      this.finish(
-        node,
-        run,
-        incomplete || failed.length > 0 ? 'failed' : 'done',
-        incomplete,
-        failed,
-      );
-    };
-    pass.onNodeDown = () => this.finish(node, run, 'failed', incomplete, pass.failed);
+    const core = this.core;
+    const s = core.state[node]!;
+    const current = (): boolean => s.resyncRun === run && s.resync === 'running';
+    const pass = new CopyPass(core, keys, (key, cb) => this.copy(node, key, cb), {
+      live: () => current() && core.nodes[node]!.isUp,
+      copied: (ok) => {
+        if (!current()) return;
+        if (ok) s.resyncCopied++;
+        else s.resyncFailed++;
+      },
+      onEnd: (failed) => {
+        if (!incomplete && next !== null) return next(failed);
+        this.finish(
+          node,
+          run,
+          incomplete || failed.length > 0 ? 'failed' : 'done',
+          incomplete,
+          failed,
+        );
+      },
+      // The node went down (or a newer run took over: finish ignores this one then).
+      onStop: (failed) => this.finish(node, run, 'failed', incomplete, failed),
+    });
     pass.pump();
   }
 
@@ -204,7 +208,7 @@ export class Resync {
     // (rejoin), not on a timer; but if that node came back while this run went on, its
     // rejoin found the run still going, so it runs again now.
     if (!incomplete && failedKeys.length > 0) s.resyncRetryKeys = failedKeys;
-    if (s.resyncFailed > 0 || core.nodes.every((n) => n.isUp)) this.retry(node, run);
+    if (s.resyncFailed > 0 || core.members.every((n) => n.isUp)) this.retry(node, run);
   }
 
   /**
@@ -234,7 +238,7 @@ export class Resync {
    * it. So the source is read again after the copy: if its item changed, the
    * copy is taken back (a delete that only succeeds if nothing replaced it).
    */
-  private refill(node: number, key: Buffer, cb: (ok: boolean) => void): void {
+  copy(node: number, key: Buffer, cb: (ok: boolean) => void): void {
     const core = this.core;
     core.holding(key, cb, (hash, finish: (ok: boolean) => void) => {
       const source = this.source(key, node);
@@ -259,111 +263,26 @@ export class Resync {
     });
   }
 
-  /** A trusted replica of `key` that is up, other than `node` (its copy is current), or -1. */
+  /**
+   * A trusted replica of `key` that is up, other than `node` (its copy is
+   * current), or -1: a complete one first (one being refilled may lack the
+   * key). During a move, an old replica: a new one may lack the key.
+   */
   private source(key: Buffer, node: number): number {
     const core = this.core;
     const ks = key.toString('latin1');
-    for (const n of core.replicaSet(key)) {
-      if (n !== node && core.nodes[n]!.isUp && core.trusts(n, ks)) return n;
+    let fallback = -1;
+    for (const n of core.owners(key)) {
+      if (n === node || !core.nodes[n]!.isUp || !core.trusts(n, ks)) continue;
+      if (core.state[n]!.complete) return n;
+      if (fallback < 0) fallback = n;
     }
-    return -1;
-  }
-}
-
-/**
- * One pass of copies to a re-syncing node: at most WINDOW in flight, and at
- * most `resyncRate` keys per second since the pass started (plus one
- * window). It ends once, with `onEnd` (given the keys whose copy failed), or
- * with `onNodeDown` if the node goes out of service.
- */
-class CopyPass {
-  private readonly core: RecoveryCore;
-  private readonly node: number;
-  private readonly run: number;
-  private readonly keys: KeyList;
-  private readonly copy: (key: Buffer, cb: (ok: boolean) => void) => void;
-  private readonly started = Date.now();
-  private at = 0;
-  private active = 0;
-  private scheduled = false;
-  /** Set once the pass has ended: the rate-limit timer may still call pump() after that. */
-  private ended = false;
-  /**
-   * A copy with no source left fails at once, inside copy(): as in replay(), its
-   * callback must not start the next copy from within pump's loop.
-   */
-  private pumping = false;
-  /** Own copies of the keys whose copy failed (a view would keep the whole listing alive). */
-  readonly failed: Buffer[] = [];
-  onEnd: (failed: Buffer[]) => void = () => {};
-  onNodeDown: () => void = () => {};
-
-  constructor(
-    core: RecoveryCore,
-    node: number,
-    run: number,
-    keys: KeyList,
-    copy: (key: Buffer, cb: (ok: boolean) => void) => void,
-  ) {
-    this.core = core;
-    this.node = node;
-    this.run = run;
-    this.keys = keys;
-    this.copy = copy;
-  }
-
-  /** Whether this pass's run is still the node's current, running one. */
-  private get current(): boolean {
-    const s = this.core.state[this.node]!;
-    return s.resyncRun === this.run && s.resync === 'running';
-  }
-
-  pump(): void {
-    const core = this.core;
-    if (this.pumping || this.ended || core.closed || !this.current) return;
-    if (!core.nodes[this.node]!.isUp) {
-      this.ended = true;
-      return this.onNodeDown();
-    }
-    const allowed =
-      Math.floor(((Date.now() - this.started) / 1000) * core.options.resyncRate) + WINDOW;
-    this.pumping = true;
-    while (this.active < WINDOW && this.at < this.keys.length && this.at < allowed) {
-      this.active++;
-      const key = this.keys.at(this.at++)!;
-      this.copy(key, (ok) => this.copied(key, ok));
-    }
-    this.pumping = false;
-    if (this.at >= this.keys.length) {
-      if (this.active > 0) return;
-      this.ended = true;
-      return this.onEnd(this.failed);
-    }
-    if (this.at >= allowed && !this.scheduled) {
-      this.scheduled = true;
-      core.later(() => {
-        this.scheduled = false;
-        this.pump();
-      }, 10);
-    }
-  }
-
-  private copied(key: Buffer, ok: boolean): void {
-    this.active--;
-    const s = this.core.state[this.node]!;
-    // A copy of a pass that has ended (its node went down, say) counts for no later run.
-    if (this.ended || s.resyncRun !== this.run) return;
-    if (ok) s.resyncCopied++;
-    else {
-      s.resyncFailed++;
-      this.failed.push(Buffer.from(key));
-    }
-    this.pump();
+    return fallback;
   }
 }
 
 /** Keys `from` to `to` of `set`, then `more`. */
-function keysOf(set: KeySet, from: number, to: number, more: readonly Buffer[]): KeyList {
+export function keysOf(set: KeySet, from: number, to: number, more: readonly Buffer[]): KeyList {
   const n = to - from;
   return {
     length: n + more.length,

@@ -19,6 +19,8 @@ export interface RingNode {
   /** Label hashed onto the ring. */
   label: string;
   weight: number;
+  /** The node's index in the proxy's node list (default: its position in this ring's). */
+  index?: number;
 }
 
 /**
@@ -48,6 +50,8 @@ export class Ring {
    */
   private readonly buckets: Uint32Array;
   private readonly nodeCount: number;
+  /** One more than the largest node index. */
+  private readonly indexSpan: number;
   /** Replica order starting at each point, filled in on first use. */
   private readonly orders: (Uint16Array | undefined)[];
   /** The first `setSize` entries of each point's order (see replicas). */
@@ -67,7 +71,7 @@ export class Ring {
         throw new Error(`ring labels ${other} and ${n.label} are both hashed as "${h}"`);
       hashed.set(h, n.label);
       servers[n.label] = n.weight;
-      index.set(n.label, i);
+      index.set(n.label, n.index ?? i);
     });
     // 'default port' 11211 makes hashring hash "host-i" for such nodes, as libmemcached does.
     const ring = new HashRing(servers as unknown as string[], 'md5', {
@@ -97,6 +101,7 @@ export class Ring {
     for (let b = 0; b < this.buckets.length; b++)
       this.buckets[b] = this.search(b * 2 ** BUCKET_SHIFT);
     this.nodeCount = nodes.length;
+    this.indexSpan = Math.max(...index.values()) + 1;
     this.orders = new Array<Uint16Array | undefined>(continuum.length).fill(undefined);
     this.sets = new Array<Uint16Array | undefined>(continuum.length).fill(undefined);
   }
@@ -139,7 +144,7 @@ export class Ring {
 
   private orderAt(start: number): Uint16Array {
     const out = new Uint16Array(this.nodeCount);
-    const seen = new Uint8Array(this.nodeCount);
+    const seen = new Uint8Array(this.indexSpan);
     let n = 0;
     for (let i = 0; i < this.points.length && n < this.nodeCount; i++) {
       const owner = this.owners[(start + i) % this.points.length]!;

@@ -23,8 +23,8 @@ import { storeItem } from './item.js';
 import type { Item } from './item.js';
 import { KeyOrder } from './key-order.js';
 import type { Recovery } from './recovery.js';
-import { type ReplyOrErr, metaMiss } from './reply-rules.js';
-import type { Ring } from './ring.js';
+import { type ReplyOrErr, metaMiss, missIsTrue } from './reply-rules.js';
+import type { Placement } from './placement.js';
 
 export type { Out } from '../protocol/result.js';
 /** How a route answers: text reply bytes, or a single-key hit the client's protocol encodes. */
@@ -33,7 +33,6 @@ export type Done = (out: Result) => void;
 export type Route = Uint16Array;
 
 export interface RouteOptions {
-  replicas: number;
   ackMode: 'sync' | 'async';
 }
 
@@ -46,7 +45,7 @@ function noop(): void {}
 
 export class RouteContext {
   readonly nodes: readonly BackendNode[];
-  readonly ring: Ring;
+  readonly placement: Placement;
   readonly options: RouteOptions;
   readonly stats: Stats;
   readonly order = new KeyOrder();
@@ -56,17 +55,44 @@ export class RouteContext {
   /** Sends a line request to a node through its route (see item.ts). */
   readonly via: Via = (node, hash, data, cb) => this.send(node, hash, data, EXPECT_LINE, cb);
 
-  constructor(nodes: readonly BackendNode[], ring: Ring, options: RouteOptions, stats: Stats) {
+  constructor(
+    nodes: readonly BackendNode[],
+    placement: Placement,
+    options: RouteOptions,
+    stats: Stats,
+  ) {
     this.nodes = nodes;
-    this.ring = ring;
+    this.placement = placement;
     this.options = options;
     this.stats = stats;
-    this.cas = new CasTokens(options.replicas);
+    this.cas = new CasTokens(placement.copies);
   }
 
-  /** The key's replica set, primary first, whatever their health (shared: never changed). */
+  /**
+   * The key's replica set, primary first, whatever their health (shared:
+   * never changed). During a move: the old replicas, then the new (Placement).
+   */
   replicaSet(key: Buffer): Route {
-    return this.ring.replicas(key, this.options.replicas);
+    return this.placement.replicaSet(key);
+  }
+
+  /**
+   * Whether a key some replicas answered a miss for (`missedOn`) may be
+   * answered as a miss: by reply-rules' `missIsTrue`, over the replicas that
+   * hold every acknowledged write (during a move, the old ones only).
+   */
+  missTrue(key: Buffer, missedOn: readonly number[]): boolean {
+    const owners = this.placement.owners(key);
+    const on = this.placement.moving ? missedOn.filter((n) => owners.includes(n)) : missedOn;
+    return missIsTrue(owners, on, this.complete);
+  }
+
+  /**
+   * Whether a write routed to `route` (the healthy part of the key's set)
+   * left replicas out, which must then be logged (missedByDown).
+   */
+  leftOut(route: Route): boolean {
+    return route.length < this.placement.copies || this.placement.moving;
   }
 
   /**
@@ -94,6 +120,18 @@ export class RouteContext {
       if (!rec.trusts(route[i]!, key)) return route.filter((n) => rec.trusts(n, key));
     }
     return route;
+  }
+
+  /**
+   * The replicas that may decide a conditional write, in order: the trusted
+   * ones, and during a move only the old replicas (a new one may not have
+   * the key yet, and would decide as if it did not exist).
+   */
+  authorities(key: Buffer): Route {
+    const route = this.trusted(key);
+    if (!this.placement.moving) return route;
+    const owners = this.placement.owners(key);
+    return route.filter((n) => owners.includes(n));
   }
 
   /**

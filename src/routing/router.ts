@@ -26,7 +26,7 @@ import { type StatsIdentity, flushAll, statsReply } from './local-commands.js';
 import { classicRead, metaDebug, metaRead } from './reads.js';
 import type { Recovery } from './recovery.js';
 import { plainSuccess } from './reply-rules.js';
-import type { Ring } from './ring.js';
+import type { Placement } from './placement.js';
 import { type Done, RouteContext, type RouteOptions } from './route-context.js';
 import { plainWrite } from './writes.js';
 
@@ -56,14 +56,24 @@ export class Router {
   private readonly ctx: RouteContext;
   private readonly id: StatsIdentity;
 
-  constructor(nodes: readonly BackendNode[], ring: Ring, options: RouterOptions, stats: Stats) {
-    this.ctx = new RouteContext(nodes, ring, options, stats);
+  constructor(
+    nodes: readonly BackendNode[],
+    placement: Placement,
+    options: RouterOptions,
+    stats: Stats,
+  ) {
+    this.ctx = new RouteContext(nodes, placement, options, stats);
     this.id = options;
   }
 
   /** Per-key admission order, shared with recovery's copies. */
   get order(): KeyOrder {
     return this.ctx.order;
+  }
+
+  /** A reload moved keys: cas tokens name their node from now on if there are replicas. */
+  placementChanged(): void {
+    this.ctx.cas.placementChanged(this.ctx.placement.copies);
   }
 
   set recovery(recovery: Recovery | null) {

@@ -23,7 +23,6 @@ import {
   answered,
   bestReply,
   isReply,
-  missIsTrue,
   notFound,
 } from './reply-rules.js';
 import type { Done, Route, RouteContext } from './route-context.js';
@@ -54,7 +53,7 @@ function writeAll(
 ): void {
   const route = ctx.healthy(req.key);
   if (route.length === 0) return done(ctx.unavailable(req));
-  if (route.length < ctx.options.replicas) ctx.missedByDown(req.key);
+  if (ctx.leftOut(route)) ctx.missedByDown(req.key);
   const replies = new Array<ReplyOrErr | undefined>(route.length);
   let left = route.length;
   let answeredClient = false;
@@ -110,7 +109,7 @@ function missProven(
     const r = replies[i];
     if (isReply(r) && notFound(r) && ctx.answers(route[i]!, req.key)) missedOn.push(route[i]!);
   }
-  return missIsTrue(ctx.replicaSet(req.key), missedOn, ctx.complete);
+  return ctx.missTrue(req.key, missedOn);
 }
 
 /**

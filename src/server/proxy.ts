@@ -9,7 +9,9 @@
 import net from 'node:net';
 import type { Level, Logger } from 'pino';
 import { BackendNode } from '../backend/node.js';
-import { type Config, nodeLabel } from '../config.js';
+import { type Config, type NodeConfig, nodeLabel } from '../config.js';
+import { EXPECT_LINE } from '../protocol/response-parser.js';
+import { Placement } from '../routing/placement.js';
 import { type ClusterPeer, LOCAL_GATE, type RejoinGate } from '../routing/rejoin-gate.js';
 import { Recovery, type RecoveryOptions } from '../routing/recovery.js';
 import { Ring } from '../routing/ring.js';
@@ -17,6 +19,27 @@ import { Router, type RouterOptions } from '../routing/router.js';
 import { Stats } from '../stats.js';
 import { PROTOCOL_VERSION, VERSION } from '../version.js';
 import { ClientSession } from './session.js';
+
+const FLUSH_ALL = Buffer.from('flush_all\r\n');
+/** Nodes one process can have had (see refusal). */
+const MAX_NODES = 255;
+
+/** The ring of `config`'s nodes, each at the index of its BackendNode in `nodes` (by label). */
+function ringOf(config: Config, nodes: readonly BackendNode[]): Ring {
+  return new Ring(
+    config.nodes.map((n) => ({
+      label: nodeLabel(n),
+      weight: n.weight,
+      index: nodes.find((b) => b.label === nodeLabel(n))!.index,
+    })),
+  );
+}
+
+/** Whether two configs put keys on the same ring: the same names, weights and order. */
+function sameRing(a: Config, b: Config): boolean {
+  const key = (c: Config): string => JSON.stringify(c.nodes.map((n) => [nodeLabel(n), n.weight]));
+  return key(a) === key(b);
+}
 
 /** A node's settings that come from the config as a whole (a reload may change them). */
 function nodeSettings(c: Config) {
@@ -33,8 +56,9 @@ function nodeSettings(c: Config) {
 export class Proxy {
   private current: Config;
   readonly stats = new Stats();
+  /** Every node this process has had, by index: a node keeps its index (and state) by name. */
   readonly nodes: BackendNode[];
-  readonly ring: Ring;
+  readonly placement: Placement;
   readonly router: Router;
   readonly recovery: Recovery;
   private readonly log: Logger;
@@ -57,29 +81,9 @@ export class Proxy {
     this.current = config;
     this.log = log;
     this.gate = group.gate;
-    this.nodes = config.nodes.map(
-      (n, index) =>
-        new BackendNode(
-          {
-            index,
-            host: n.host,
-            port: n.port,
-            label: nodeLabel(n),
-            connections: config.backend.connections,
-            ...nodeSettings(config),
-          },
-          log,
-          {
-            onUp: () => {},
-            onDown: (node) => this.recovery.onDown(node.index),
-            onProbe: (node, restarted) => this.recovery.onProbe(node, restarted),
-            onRestart: (node) => this.recovery.restarted(node.index),
-          },
-        ),
-    );
-    this.ring = new Ring(config.nodes.map((n) => ({ label: nodeLabel(n), weight: n.weight })));
+    this.nodes = config.nodes.map((n, index) => this.newNode(n, index, config));
+    this.placement = new Placement(ringOf(config, this.nodes), config.replicas, this.nodes);
     this.routeOptions = {
-      replicas: config.replicas,
       ackMode: config.ackMode,
       version: PROTOCOL_VERSION,
       proxyVersion: VERSION,
@@ -88,15 +92,14 @@ export class Proxy {
       settings: () => this.settings(),
       extra: () => this.configRows(),
     };
-    this.router = new Router(this.nodes, this.ring, this.routeOptions, this.stats);
+    this.router = new Router(this.nodes, this.placement, this.routeOptions, this.stats);
     this.recoveryOptions = {
-      replicas: config.replicas,
       outageLogMax: config.recovery.outageLogMax,
       resyncRate: config.recovery.resyncRate,
     };
     this.recovery = new Recovery(
       this.nodes,
-      this.ring,
+      this.placement,
       this.router.order,
       this.recoveryOptions,
       log,
@@ -112,9 +115,49 @@ export class Proxy {
     this.server.on('drop', () => this.stats.rejectedConnections++);
   }
 
+  private newNode(n: NodeConfig, index: number, config: Config): BackendNode {
+    return new BackendNode(
+      {
+        index,
+        host: n.host,
+        port: n.port,
+        label: nodeLabel(n),
+        connections: config.backend.connections,
+        ...nodeSettings(config),
+      },
+      this.log,
+      {
+        onUp: () => {},
+        onDown: (node) => this.recovery.onDown(node.index),
+        onProbe: (node, restarted) => this.recovery.onProbe(node, restarted),
+        onRestart: (node) => this.recovery.restarted(node.index),
+      },
+    );
+  }
+
+  /** The ring in force (the one keys move to during a move). */
+  get ring(): Ring {
+    return this.placement.targetRing;
+  }
+
   /** The config in force (the last one applied). */
   get config(): Config {
     return this.current;
+  }
+
+  /** Why this process cannot apply `next` now (reloadPlan checked the rest): none if it can. */
+  refusal(next: Config): string[] {
+    const c = this.current;
+    const moves = !sameRing(c, next) || c.replicas !== next.replicas;
+    if (moves && this.recovery.moving) {
+      return ['a rebalance is under way (proxy_rebalance): reload again once it is done'];
+    }
+    const added = next.nodes.filter((n) => this.indexOf(nodeLabel(n)) < 0).length;
+    // A cas token names its node in 8 bits (cas-token.ts).
+    if (this.nodes.length + added > MAX_NODES) {
+      return [`more than ${MAX_NODES} nodes since start: restart msproxy to add more`];
+    }
+    return [];
   }
 
   /**
@@ -124,6 +167,7 @@ export class Proxy {
    * client limits and authentication apply to connections accepted from now.
    */
   reconfigure(next: Config): void {
+    const before = this.current;
     this.current = next;
     this.log.level = next.log.level as Level;
     this.gate.setLogLevel?.(next.log.level);
@@ -131,7 +175,85 @@ export class Proxy {
     this.routeOptions.ackMode = next.ackMode;
     this.recoveryOptions.outageLogMax = next.recovery.outageLogMax;
     this.recoveryOptions.resyncRate = next.recovery.resyncRate;
-    for (const n of this.nodes) n.reconfigure(nodeSettings(next));
+    for (const n of this.placement.members) n.reconfigure(nodeSettings(next));
+    this.replace(before, next);
+    if (!sameRing(before, next) || before.replicas !== next.replicas) this.move(before, next);
+  }
+
+  /**
+   * A node whose name stays but whose address changed is another memcached:
+   * what it holds cannot be vouched for. It goes out of service, and is
+   * flushed and refilled (its rejoin) once the new address answers.
+   */
+  private replace(before: Config, next: Config): void {
+    for (const n of next.nodes) {
+      const i = this.indexOf(nodeLabel(n));
+      const old = before.nodes.find((o) => nodeLabel(o) === nodeLabel(n));
+      if (i < 0 || old === undefined || (old.host === n.host && old.port === n.port)) continue;
+      this.nodes[i]!.readdress(n.host, n.port);
+      this.recovery.joining(i);
+    }
+  }
+
+  /** The index of the node named `label` in the placement in force, or -1. */
+  private indexOf(label: string): number {
+    return this.placement.members.find((n) => n.label === label)?.index ?? -1;
+  }
+
+  /**
+   * Move to the ring and replica count of `next` (Placement and Rebalance):
+   * new nodes join (flushed, then refilled), every node of either ring takes
+   * writes meanwhile, and the nodes that left are flushed and closed at the end.
+   */
+  private move(before: Config, next: Config): void {
+    const old = this.placement.members;
+    const targets = next.nodes.map((n) => {
+      const i = this.indexOf(nodeLabel(n));
+      if (i >= 0) return this.nodes[i]!;
+      const node = this.newNode(n, this.nodes.length, next);
+      this.nodes.push(node);
+      this.recovery.added();
+      this.recovery.joining(node.index);
+      return node;
+    });
+    const leaving = old.filter((n) => !targets.includes(n));
+    this.log.warn(
+      {
+        nodes: targets.map((n) => n.label),
+        replicas: next.replicas,
+        added: targets.filter((n) => !old.includes(n)).map((n) => n.label),
+        leaving: leaving.map((n) => n.label),
+        wasReplicas: before.replicas,
+      },
+      'placement changes: moving keys',
+    );
+    this.placement.begin(ringOf(next, targets), next.replicas, [
+      ...old,
+      ...targets.filter((n) => !old.includes(n)),
+    ]);
+    this.router.placementChanged();
+    this.recovery.rebalance({
+      targets: targets.map((n) => n.index),
+      losers: old.filter((n) => targets.includes(n)).map((n) => n.index),
+      commit: () => this.placement.commit(targets),
+      retire: (done) => this.retire(leaving, done),
+    });
+  }
+
+  /** Flush the nodes that left the ring (an old copy must never come back), then close them. */
+  private retire(leaving: readonly BackendNode[], done: () => void): void {
+    let left = leaving.length;
+    if (left === 0) return done();
+    for (const n of leaving) {
+      n.sendDirect(0, FLUSH_ALL, EXPECT_LINE, (err) => {
+        if (err !== null)
+          this.log.warn({ node: n.label, err: err.message }, 'retired node not flushed');
+        n.close();
+        this.recovery.retired(n.index);
+        this.log.info({ node: n.label, address: n.address }, 'node retired');
+        if (--left === 0) done();
+      });
+    }
   }
 
   /** Rows `stats` adds about the config in force (set by whoever reloads it). */

@@ -44,6 +44,8 @@ export class Reloader {
   private readonly file: string;
   private readonly log: Logger;
   private readonly publish: (config: Config | null, status: ConfigStatus) => void;
+  /** Why the running process cannot apply a config now (beyond reloadPlan); set by its owner. */
+  check: (next: Config) => string[] = () => [];
   private running: Config;
   readonly status: ConfigStatus;
 
@@ -86,7 +88,8 @@ export class Reloader {
       return this.refuse([err.message]);
     }
     const plan = reloadPlan(this.running, next);
-    if (plan.refused.length > 0) return this.refuse(plan.refused);
+    const refused = plan.refused.length > 0 ? plan.refused : this.check(next);
+    if (refused.length > 0) return this.refuse(refused);
     this.running = next;
     const s = this.status;
     s.epoch++;

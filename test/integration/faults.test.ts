@@ -455,10 +455,10 @@ function resyncIs(c: Cluster, node: number, after: number, state: string): () =>
 /** Re-sync's copy of one key to a re-syncing node (patched by tests to make copies fail). */
 type Refill = (node: number, key: Buffer, cb: (ok: boolean) => void) => void;
 
-/** Replace the live Recovery's refill by `wrap(real)`. */
+/** Replace the live Recovery's re-sync copy by `wrap(real)`. */
 function patchRefill(c: Cluster, wrap: (real: Refill) => Refill): void {
-  const rs = resyncOf(c) as unknown as { refill: Refill };
-  rs.refill = wrap(rs.refill.bind(rs));
+  const rs = resyncOf(c) as unknown as { copy: Refill };
+  rs.copy = wrap(rs.copy.bind(rs));
 }
 
 /**

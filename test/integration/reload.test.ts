@@ -148,7 +148,10 @@ describe('config reload', function () {
       [pinned(p, { replicas: 0, timeouts: { requestMs: 999 } }), /replicas/],
       [pinned(p, { listen: '127.0.0.1:1', timeouts: { requestMs: 999 } }), /listen.port/],
       [pinned(p, { workers: 2, timeouts: { requestMs: 999 } }), /workers changes only/],
-      [pinned(p, { replicas: 3, timeouts: { requestMs: 999 } }), /replicas: the placement/],
+      [
+        pinned(p, { backend: { connections: 2 }, timeouts: { requestMs: 999 } }),
+        /backend.connections changes only/,
+      ],
     ];
     for (const [i, [text, reason]] of attempts.entries()) {
       p.writeConfig(text);
@@ -204,7 +207,7 @@ describe('config reload', function () {
     const ok = await reloadCli(['--config', p.file]);
     expect(ok.out).to.match(/reloaded .* \(config epoch 2\)/);
     expect(ok.code).to.equal(0);
-    p.writeConfig(pinned(p, { pidFile, replicas: 1 }));
+    p.writeConfig(pinned(p, { pidFile, workers: 2 }));
     const refused = await reloadCli(['--config', p.file]);
     expect(refused.out).to.match(/reload refused/);
     expect(refused.code).to.equal(1);

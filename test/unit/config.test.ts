@@ -181,7 +181,7 @@ describe('config: what a reload may change', function () {
     expect(reloadPlan(a, b).refused).to.deep.equal([]);
   });
 
-  it('refuses what only a restart can change, and any change of placement', function () {
+  it('refuses what only a restart can change, and placement with workers or coordination', function () {
     const a = parseConfig(base);
     const refused = (over: Record<string, unknown>): string[] =>
       reloadPlan(a, parseConfig({ ...base, ...over })).refused;
@@ -198,18 +198,22 @@ describe('config: what a reload may change', function () {
     expect(
       refused({ coordination: { etcd: { endpoints: ['http://127.0.0.1:2379'], prefix: '/m' } } }),
     ).to.deep.equal(['coordination changes only with a restart']);
-    expect(refused({ replicas: 1 })).to.deep.equal([
-      'replicas: the placement of keys changes only with a restart',
-    ]);
+    // One process moves keys itself (Rebalance); workers and instances would have to agree.
+    expect(refused({ replicas: 1 })).to.deep.equal([]);
+    const workers = parseConfig({ ...base, workers: 2 });
+    expect(
+      reloadPlan(workers, parseConfig({ ...base, workers: 2, replicas: 1 })).refused,
+    ).to.deep.equal(['replicas: changes only with a restart with workers or coordination']);
     // A node's weight, name or address is placement: the nodes compare whole.
     for (const nodes of [
       ['127.0.0.1:11211', { host: '127.0.0.1', port: 11212, name: 'b', weight: 2 }],
       ['127.0.0.1:11211', { host: '127.0.0.1', port: 11213, name: 'b' }],
       ['127.0.0.1:11211'],
     ]) {
-      expect(refused({ nodes, replicas: 1 })).to.include(
-        'nodes: the placement of keys changes only with a restart',
-      );
+      expect(changedFields(a, parseConfig({ ...base, nodes, replicas: 1 }))).to.include('nodes');
+      expect(
+        reloadPlan(workers, parseConfig({ ...base, workers: 2, nodes, replicas: 1 })).refused,
+      ).to.include('nodes: changes only with a restart with workers or coordination');
     }
   });
 });

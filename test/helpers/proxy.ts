@@ -573,3 +573,23 @@ export function inflightOn(proxy: Proxy, node: number): number {
   const conns = (proxy.nodes[node] as unknown as { conns: ({ inflight: number } | null)[] }).conns;
   return conns.reduce((n, conn) => n + (conn?.inflight ?? 0), 0);
 }
+
+/**
+ * `stats` of the msproxy (or memcached) at `port`, on a connection of its own; with `group`,
+ * `stats <group>` after it on the same connection (so from one worker), merged in.
+ */
+export async function statsAt(port: number, group = ''): Promise<Map<string, string>> {
+  const c = await MemcacheClient.connect(port);
+  try {
+    const rows = await statsOf(c);
+    if (group === '') return rows;
+    const text = replyText(await c.request(`stats ${group}`));
+    for (const line of text.split('\r\n')) {
+      const [tag, name, value] = line.split(' ');
+      if (tag === 'STAT') rows.set(name!, value!);
+    }
+    return rows;
+  } finally {
+    c.close();
+  }
+}

@@ -14,6 +14,25 @@ import { Relay } from '../helpers/relay.js';
 import { SessionWorkload, formatViolations } from '../helpers/sessions.js';
 import { until } from '../helpers/wait.js';
 
+/** Set each of `keys` to `value` through `port`, each on a connection of its own, at once. */
+function setEach(
+  port: number,
+  keys: readonly string[],
+  value: string,
+): { replies: Promise<string>[]; answered: () => number } {
+  let answered = 0;
+  const replies = keys.map(async (k) => {
+    const c = await MemcacheClient.connect(port);
+    try {
+      return await c.command(`set ${k} 0 0 ${value.length}`, value);
+    } finally {
+      answered++;
+      c.close();
+    }
+  });
+  return { replies, answered: () => answered };
+}
+
 describe('coordination through etcd: several instances', function () {
   this.timeout(90_000);
   let etcd: Etcd;
@@ -75,6 +94,19 @@ describe('coordination through etcd: several instances', function () {
     return c;
   }
 
+  /** Instance a, which reaches node1 through a relay (to black-hole), and b, which reaches it directly. */
+  async function relayedPair(
+    cfg: (ports?: number[]) => Record<string, unknown>,
+  ): Promise<{ relay: Relay; a: ProxyProcess; b: ProxyProcess }> {
+    const relay = await Relay.start(nodes[1]!.port);
+    relays.push(relay);
+    const a = await ProxyProcess.start(cfg(nodes.map((n, i) => (i === 1 ? relay.port : n.port))));
+    proxies.push(a);
+    const b = await ProxyProcess.start(cfg());
+    proxies.push(b);
+    return { relay, a, b };
+  }
+
   async function start(n: number, cfg = config): Promise<ProxyProcess[]> {
     for (let i = 0; i < n; i++) proxies.push(await ProxyProcess.start(cfg()));
     return proxies;
@@ -129,7 +161,7 @@ describe('coordination through etcd: several instances', function () {
     const w = await SessionWorkload.start({ port: a!.port, clients: 10, keysPerClient: 10 });
     await w.run(300);
     nodes[1]!.pause();
-    await until('b takes node1 out of service', 10_000, async () => !(await serves(b!, 1)), logs);
+    await until('b takes node1 out of service', 10_000, async () => !(await serves(b, 1)), logs);
     await w.stop();
     expect(
       b!.logs.some((l) => l.msg === 'node down' && l['reason'] === 'down in the cluster'),
@@ -139,7 +171,7 @@ describe('coordination through etcd: several instances', function () {
     await until(
       'node1 serves again through both',
       15_000,
-      async () => (await serves(a!, 1)) && (await serves(b!, 1)),
+      async () => (await serves(a!, 1)) && (await serves(b, 1)),
       logs,
     );
     await expectClean(w, 'after the hang');
@@ -202,7 +234,7 @@ describe('coordination through etcd: several instances', function () {
     const w = await spread([a, b!]);
     await w.run(1000);
     relay.holed = true;
-    await until('b takes node1 out of service', 10_000, async () => !(await serves(b!, 1)), logs);
+    await until('b takes node1 out of service', 10_000, async () => !(await serves(b, 1)), logs);
     await w.run(2500);
     // b reaches node1 all along, and still serves no reads from it: a has not replayed.
     const sb = await stats(b!);
@@ -218,20 +250,14 @@ describe('coordination through etcd: several instances', function () {
     await until(
       'node1 serves again through both',
       15_000,
-      async () => (await serves(a, 1)) && (await serves(b!, 1)),
+      async () => (await serves(a, 1)) && (await serves(b, 1)),
       logs,
     );
     await expectClean(w, 'once it serves again');
   });
 
   it('a write acknowledged without a node is answered only once etcd shows the node down', async function () {
-    const relay = await Relay.start(nodes[1]!.port);
-    relays.push(relay);
-    const a = await ProxyProcess.start(
-      patient(nodes.map((n, i) => (i === 1 ? relay.port : n.port))),
-    );
-    proxies.push(a);
-    const [, b] = await start(1, patient).then(() => proxies);
+    const { relay, a, b } = await relayedPair(patient);
     const keys = Array.from({ length: 20 }, (_, i) => `held:${i}`);
     const ca = await MemcacheClient.connect(a.port);
     try {
@@ -239,27 +265,19 @@ describe('coordination through etcd: several instances', function () {
       // a loses node1 while nobody can learn it from etcd.
       etcd.pause();
       relay.holed = true;
-      let answered = 0;
-      const sets = keys.map(async (k) => {
-        const c = await MemcacheClient.connect(a.port);
-        try {
-          return await c.command(`set ${k} 0 0 2`, 'v2');
-        } finally {
-          answered++;
-          c.close();
-        }
-      });
+      const held = setEach(a.port, keys, 'v2');
+      const sets = held.replies;
       await until('a takes node1 out of service', 10_000, async () => {
         return (await stats(a)).get('proxy_node_1_up') === '0';
       });
       await sleep(300);
       // Keys without node1 are answered; the ones it holds wait (b could still read node1).
-      expect(answered, 'sets answered while etcd is paused').to.be.lessThan(keys.length);
+      expect(held.answered(), 'sets answered while etcd is paused').to.be.lessThan(keys.length);
       etcd.resume();
       expect(await Promise.all(sets)).to.deep.equal(keys.map(() => 'STORED\r\n'));
       expect((await stats(a)).get('proxy_coordination_unconfirmed_acks')).to.equal('0');
-      await until('b takes node1 out of service', 10_000, async () => !(await serves(b!, 1)));
-      const cb = await MemcacheClient.connect(b!.port);
+      await until('b takes node1 out of service', 10_000, async () => !(await serves(b, 1)));
+      const cb = await MemcacheClient.connect(b.port);
       try {
         for (const k of keys) {
           expect(await cb.command(`get ${k}`)).to.equal(`VALUE ${k} 0 2\r\nv2\r\nEND\r\n`);
@@ -274,44 +292,30 @@ describe('coordination through etcd: several instances', function () {
   });
 
   it('a write that fails on a node that stays up is answered only once the others distrust that copy', async function () {
-    const relay = await Relay.start(nodes[1]!.port);
-    relays.push(relay);
     // One failed request does not take a node out of service here: it stays up in a.
     const lenient = (ports?: number[]): Record<string, unknown> => {
       const c = patient(ports);
       c['backend'] = { probeMs: 50, probeMaxMs: 200, failureThreshold: 1000 };
       return c;
     };
-    const a = await ProxyProcess.start(
-      lenient(nodes.map((n, i) => (i === 1 ? relay.port : n.port))),
-    );
-    proxies.push(a);
-    const [, b] = await start(1, lenient).then(() => proxies);
+    const { relay, a, b } = await relayedPair(lenient);
     const keys = Array.from({ length: 20 }, (_, i) => `fenced:${i}`);
     const ca = await MemcacheClient.connect(a.port);
-    const cb = await MemcacheClient.connect(b!.port);
+    const cb = await MemcacheClient.connect(b.port);
     const direct = await Promise.all(nodes.map((n) => MemcacheClient.connect(n.port)));
     try {
       for (const k of keys) expect(await ca.command(`set ${k} 0 0 2`, 'v1')).to.equal('STORED\r\n');
       // The writes time out on node1 through a, while etcd can learn nothing.
       etcd.pause();
       relay.holed = true;
-      let answered = 0;
-      const sets = keys.map(async (k) => {
-        const c = await MemcacheClient.connect(a.port);
-        try {
-          return await c.command(`set ${k} 0 0 2`, 'v2');
-        } finally {
-          answered++;
-          c.close();
-        }
-      });
+      const held = setEach(a.port, keys, 'v2');
+      const sets = held.replies;
       await sleep(800);
       const sa = await stats(a);
       expect(sa.get('proxy_node_1_up'), 'node1 stays up in a').to.equal('1');
       expect(Number(sa.get('proxy_coordination_fences_unpublished'))).to.be.greaterThan(0);
       // b reads node1, which missed them: the sets that missed it are not answered yet.
-      expect(answered, 'sets answered while etcd is paused').to.be.lessThan(keys.length);
+      expect(held.answered(), 'sets answered while etcd is paused').to.be.lessThan(keys.length);
       etcd.resume();
       expect(await Promise.all(sets)).to.deep.equal(keys.map(() => 'STORED\r\n'));
       // Still holed: node1 keeps the old copies, and b does not read them.
@@ -481,7 +485,7 @@ describe('coordination through etcd: several instances', function () {
     await w.stop();
     nodes[1]!.resume();
     await expectClean(w, 'right after the node returned');
-    await until('node1 serves again through b', 15_000, async () => serves(b!, 1), logs);
+    await until('node1 serves again through b', 15_000, async () => serves(b, 1), logs);
     await expectClean(w, 'once it serves again');
   });
 

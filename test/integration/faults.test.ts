@@ -19,6 +19,7 @@ import {
   direct,
   peek,
   startCluster,
+  statsAt,
   statsOf,
 } from '../helpers/proxy.js';
 import {
@@ -34,14 +35,7 @@ import { prng } from '../helpers/split.js';
 import { until } from '../helpers/wait.js';
 
 /** The proxy's own `stats`, as a map. */
-async function proxyStats(port: number): Promise<Map<string, string>> {
-  const c = await MemcacheClient.connect(port);
-  try {
-    return await statsOf(c);
-  } finally {
-    c.close();
-  }
-}
+const proxyStats = statsAt;
 
 function log(what: string, line: string): void {
   if (process.env.DRILL_LOG) console.log(`      [${what}] ${line}`);

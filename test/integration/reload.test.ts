@@ -14,38 +14,12 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
 import { Memcached, freePort, sleep } from '../helpers/memcached.js';
-import { type LogLine, ProxyProcess } from '../helpers/proxy-process.js';
-import { MemcacheClient, replyText, statsOf } from '../helpers/proxy.js';
+import { type LogLine, childrenOf, ProxyProcess } from '../helpers/proxy-process.js';
+import { MemcacheClient, replyText, statsAt } from '../helpers/proxy.js';
 import { SessionWorkload, formatViolations } from '../helpers/sessions.js';
 import { until } from '../helpers/wait.js';
 
 const MAIN = fileURLToPath(new URL('../helpers/msproxy-main.ts', import.meta.url));
-
-/** The PIDs of `pid`'s child processes (a primary's workers). */
-function childrenOf(pid: number): number[] {
-  return readFileSync(`/proc/${pid}/task/${pid}/children`, 'latin1')
-    .trim()
-    .split(/\s+/)
-    .filter(Boolean)
-    .map(Number);
-}
-
-/** `stats`, and `stats settings` after it, on one connection (so from one worker). */
-async function statsAt(port: number, group = ''): Promise<Map<string, string>> {
-  const c = await MemcacheClient.connect(port);
-  try {
-    const rows = await statsOf(c);
-    if (group === '') return rows;
-    const text = replyText(await c.request(`stats ${group}`));
-    for (const line of text.split('\r\n')) {
-      const [tag, name, value] = line.split(' ');
-      if (tag === 'STAT') rows.set(name!, value!);
-    }
-    return rows;
-  } finally {
-    c.close();
-  }
-}
 
 /** Run `msproxy reload` with `args`; its exit code and output. */
 function reloadCli(args: string[]): Promise<{ code: number; out: string }> {

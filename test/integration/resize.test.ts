@@ -10,18 +10,9 @@
 import { expect } from 'chai';
 import { Memcached, sleep } from '../helpers/memcached.js';
 import { ProxyProcess } from '../helpers/proxy-process.js';
-import { MemcacheClient, replyText, statsOf } from '../helpers/proxy.js';
+import { MemcacheClient, replyText, statsAt } from '../helpers/proxy.js';
 import { SessionWorkload, formatViolations } from '../helpers/sessions.js';
 import { until } from '../helpers/wait.js';
-
-async function statsAt(port: number): Promise<Map<string, string>> {
-  const c = await MemcacheClient.connect(port);
-  try {
-    return await statsOf(c);
-  } finally {
-    c.close();
-  }
-}
 
 /** Items a memcached node holds. */
 async function itemsOn(node: Memcached): Promise<number> {

@@ -9,18 +9,9 @@ import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { Memcached } from '../helpers/memcached.js';
-import { ProxyProcess } from '../helpers/proxy-process.js';
+import { childrenOf, ProxyProcess } from '../helpers/proxy-process.js';
 import { MemcacheClient, statsOf } from '../helpers/proxy.js';
 import { until } from '../helpers/wait.js';
-
-/** The PIDs of `pid`'s child processes (a primary's workers). */
-function childrenOf(pid: number): number[] {
-  return readFileSync(`/proc/${pid}/task/${pid}/children`, 'latin1')
-    .trim()
-    .split(/\s+/)
-    .filter(Boolean)
-    .map(Number);
-}
 
 /** Whether process `pid` still exists (a zombie counts as gone). */
 function alive(pid: number): boolean {

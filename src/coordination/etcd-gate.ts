@@ -42,6 +42,7 @@ import {
 import type { Logger } from 'pino';
 import { type Config, nodeLabel } from '../config.js';
 import { AckHolds } from './ack-holds.js';
+import { FenceBoard } from './fences.js';
 import type { ClusterPeer, RejoinGate } from '../routing/rejoin-gate.js';
 import { ClusterView, PENDING, READY, labelKey } from './view.js';
 
@@ -69,8 +70,6 @@ type WatchBackoff = NonNullable<NonNullable<IOptions['faultHandling']>['watchBac
 const RETRY_MS = 250;
 /** Wait between attempts to join while etcd cannot be reached. */
 const JOIN_RETRY_MS = 500;
-/** Fence puts and deletes per transaction (etcd allows 128 operations in one). */
-const FENCE_BATCH = 100;
 
 interface Waiter {
   go: () => void;
@@ -98,12 +97,7 @@ export class EtcdGate implements RejoinGate {
   private readonly waiters: (Waiter | null)[];
   /** Acks held until the view shows a node down (`down:<node>`) or a fence (its key). */
   private readonly holds: AckHolds;
-  /** Fence changes to make: etcd key (under the prefix) -> value to put, or null to delete. */
-  private readonly fenceOps = new Map<string, string | null>();
-  /** This member's fences put, or to put, that the watch has not shown yet, with their value. */
-  private readonly fencesUnseen = new Map<string, string>();
-  /** A publishFences operation is queued or running. */
-  private fenceDrain = false;
+  private readonly fences: FenceBoard;
   private readonly flushes: number[];
   /** Per node: the revision of the outage this member opened last (see evaluate). */
   private readonly opened: number[];
@@ -129,6 +123,26 @@ export class EtcdGate implements RejoinGate {
     this.log = log.child({ coordination: 'etcd' });
     this.waiters = labels.map(() => null);
     this.holds = new AckHolds(options.timeoutMs);
+    this.fences = new FenceBoard(
+      {
+        memberId: () => this.id,
+        shown: (k) => this.view.get(k),
+        queue: (op) => this.event(op),
+        commit: async (ops) => {
+          const c = this.client;
+          const r = await c
+            .if(this.key('gen'), 'Version', '>', -1)
+            .then(
+              ...ops.map(([k, v]) =>
+                v === null ? c.delete().key(this.key(k)) : c.put(this.key(k)).value(v),
+              ),
+            )
+            .commit();
+          return Number(r.header.revision);
+        },
+      },
+      this.holds,
+    );
     this.flushes = labels.map(() => 0);
     this.opened = labels.map(() => 0);
     this.client = new Etcd3({
@@ -214,13 +228,13 @@ export class EtcdGate implements RejoinGate {
   }
 
   get fencesPending(): boolean {
-    return this.fencesUnseen.size > 0;
+    return this.fences.unpublished > 0;
   }
 
   fenceKnown(node: number, key: string, then: () => void): void {
-    const k = this.fenceKey(node, key);
-    if (!this.attached || !this.fencesUnseen.has(k)) return then();
-    this.holds.hold(k, then);
+    // Detached, nobody can be told: the ack goes out (a known limit: see the README).
+    if (!this.attached) return then();
+    this.fences.known(this.fenceKey(node, key), then);
   }
 
   ready(node: number, go: () => void): void {
@@ -236,66 +250,11 @@ export class EtcdGate implements RejoinGate {
   }
 
   fenced(node: number, key: string, seq: number): void {
-    const k = this.fenceKey(node, key);
-    const value = `${this.id} ${seq}`;
-    this.fencesUnseen.set(k, value);
-    this.changeFence(k, value);
+    this.fences.put(this.fenceKey(node, key), seq);
   }
 
   unfenced(node: number, key: string): void {
-    const k = this.fenceKey(node, key);
-    const put = this.fencesUnseen.get(k);
-    if (put !== undefined) {
-      // The copy is current again: an ack waiting for the fence has nothing left to wait for.
-      this.fencesUnseen.delete(k);
-      this.holds.release(k);
-    }
-    // Only this member's own fence: another member's stands until that member trusts the copy.
-    const shown = this.view.get(k)?.value;
-    if (put !== undefined || shown?.startsWith(`${this.id} `) === true) this.changeFence(k, null);
-    else this.fenceOps.delete(k);
-  }
-
-  /** Queue a fence put (`value`) or delete (null), published in batches by publishFences. */
-  private changeFence(k: string, value: string | null): void {
-    this.fenceOps.set(k, value);
-    if (this.fenceDrain) return;
-    this.fenceDrain = true;
-    this.event(() => this.publishFences());
-  }
-
-  /**
-   * Make the queued fence changes, a batch per transaction, until none is
-   * left. A failure leaves the rest queued, and the operation runs again.
-   */
-  private async publishFences(): Promise<void> {
-    while (this.fenceOps.size > 0) {
-      const batch: [string, string | null][] = [];
-      for (const op of this.fenceOps) if (batch.push(op) === FENCE_BATCH) break;
-      const c = this.client;
-      const r = await c
-        .if(this.key('gen'), 'Version', '>', -1)
-        .then(
-          ...batch.map(([k, v]) =>
-            v === null ? c.delete().key(this.key(k)) : c.put(this.key(k)).value(v),
-          ),
-        )
-        .commit();
-      const rev = Number(r.header.revision);
-      for (const [k, v] of batch) {
-        if (this.fenceOps.get(k) === v) this.fenceOps.delete(k);
-        // The watch may have shown the put before this answer came.
-        if (v !== null && (this.view.get(k)?.mod ?? 0) >= rev) this.fenceShown(k);
-      }
-    }
-    this.fenceDrain = false;
-  }
-
-  /** The watch shows a fence at `k`: an ack waiting for this member's put of it may go. */
-  private fenceShown(k: string): void {
-    if (!this.fencesUnseen.has(k) || typeof this.fenceOps.get(k) === 'string') return;
-    this.fencesUnseen.delete(k);
-    this.holds.release(k);
+    this.fences.withdraw(this.fenceKey(node, key));
   }
 
   resyncElsewhere(node: number): void {
@@ -494,7 +453,7 @@ export class EtcdGate implements RejoinGate {
         return;
       case 'fences':
         if (rest === undefined) return;
-        if (entry.value.startsWith(`${this.id} `)) this.fenceShown(k);
+        if (entry.value.startsWith(`${this.id} `)) this.fences.shown(k);
         else peer.fence(node, unhex(rest), fenceStamp(entry.value));
         return;
       case 'incomplete':
@@ -776,7 +735,7 @@ export class EtcdGate implements RejoinGate {
       ['proxy_coordination_flush_claims', this.flushClaims],
       ['proxy_coordination_queue', this.queue.length],
       ['proxy_coordination_unconfirmed_acks', this.holds.unconfirmed],
-      ['proxy_coordination_fences_unpublished', this.fencesUnseen.size],
+      ['proxy_coordination_fences_unpublished', this.fences.unpublished],
     ];
   }
 

@@ -224,12 +224,10 @@ export class Recovery {
    * rejoin), then refilled by its re-sync; writes skip it meanwhile.
    */
   joining(node: number): void {
-    const s = this.core.state[node]!;
-    s.overflow = true;
-    s.missed = new Map();
-    s.fenced = new Map();
-    this.core.incomplete(node);
     this.core.nodes[node]!.markDownNow('new in the ring: flushed and refilled before it serves');
+    this.missedFlush(node);
+    this.core.state[node]!.fenced = new Map();
+    this.core.incomplete(node);
   }
 
   /** A reload moved the keys (Placement.begin): copy them, then end the move (Rebalance). */

@@ -35,10 +35,13 @@ function ringOf(config: Config, nodes: readonly BackendNode[]): Ring {
   );
 }
 
-/** Whether two configs put keys on the same ring: the same names, weights and order. */
-function sameRing(a: Config, b: Config): boolean {
-  const key = (c: Config): string => JSON.stringify(c.nodes.map((n) => [nodeLabel(n), n.weight]));
-  return key(a) === key(b);
+/**
+ * Whether going from `a` to `b` moves keys: another ring (names, weights or
+ * their order) or another replica count.
+ */
+function movesKeys(a: Config, b: Config): boolean {
+  const ring = (c: Config): string => JSON.stringify(c.nodes.map((n) => [nodeLabel(n), n.weight]));
+  return ring(a) !== ring(b) || a.replicas !== b.replicas;
 }
 
 /** A node's settings that come from the config as a whole (a reload may change them). */
@@ -147,9 +150,7 @@ export class Proxy {
 
   /** Why this process cannot apply `next` now (reloadPlan checked the rest): none if it can. */
   refusal(next: Config): string[] {
-    const c = this.current;
-    const moves = !sameRing(c, next) || c.replicas !== next.replicas;
-    if (moves && this.recovery.moving) {
+    if (movesKeys(this.current, next) && this.recovery.moving) {
       return ['a rebalance is under way (proxy_rebalance): reload again once it is done'];
     }
     const added = next.nodes.filter((n) => this.indexOf(nodeLabel(n)) < 0).length;
@@ -161,10 +162,11 @@ export class Proxy {
   }
 
   /**
-   * Apply a reloaded config that reloadPlan accepted: log level, timeouts,
-   * failure and probe settings, ack mode, recovery settings, limits and
-   * users. Requests in flight finish under the settings they started with;
-   * client limits and authentication apply to connections accepted from now.
+   * Apply a reloaded config that reloadPlan and `refusal` accepted: log
+   * level, timeouts, failure and probe settings, ack mode, recovery
+   * settings, limits and users; nodes re-addressed (replace) and placement
+   * changes (move). Requests in flight finish under the settings they started
+   * with; client limits and authentication apply to connections accepted from now.
    */
   reconfigure(next: Config): void {
     const before = this.current;
@@ -177,7 +179,7 @@ export class Proxy {
     this.recoveryOptions.resyncRate = next.recovery.resyncRate;
     for (const n of this.placement.members) n.reconfigure(nodeSettings(next));
     this.replace(before, next);
-    if (!sameRing(before, next) || before.replicas !== next.replicas) this.move(before, next);
+    if (movesKeys(before, next)) this.move(before, next);
   }
 
   /**
@@ -217,20 +219,18 @@ export class Proxy {
       return node;
     });
     const leaving = old.filter((n) => !targets.includes(n));
+    const added = targets.filter((n) => !old.includes(n));
     this.log.warn(
       {
         nodes: targets.map((n) => n.label),
         replicas: next.replicas,
-        added: targets.filter((n) => !old.includes(n)).map((n) => n.label),
+        added: added.map((n) => n.label),
         leaving: leaving.map((n) => n.label),
         wasReplicas: before.replicas,
       },
       'placement changes: moving keys',
     );
-    this.placement.begin(ringOf(next, targets), next.replicas, [
-      ...old,
-      ...targets.filter((n) => !old.includes(n)),
-    ]);
+    this.placement.begin(ringOf(next, targets), next.replicas, [...old, ...added]);
     this.router.placementChanged();
     this.recovery.rebalance({
       targets: targets.map((n) => n.index),
